@@ -52,3 +52,11 @@ def causal_conv1d_update_torch(x, conv_state, weight, bias=None, activation="sil
     if activation in ("silu", "swish"):
         y = F.silu(y)
     return y.to(x.dtype)
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation="silu"):
+    """One decode step (fused Triton kernel on CUDA); conv_state is updated in place."""
+    if use_triton(x):
+        from .causal_conv1d_triton import causal_conv1d_update_triton
+        return causal_conv1d_update_triton(x, conv_state, weight, bias, activation)
+    return causal_conv1d_update_torch(x, conv_state, weight, bias, activation)

@@ -1,0 +1,287 @@
+"""Fused Triton kernels for the causal depthwise conv1d (+ SiLU): forward, backward, decode step.
+
+Semantics are those of ``causal_conv1d.causal_conv1d_torch`` (the reference). Write the padded input
+as xp = [initial_state | x] (zeros when there is no initial state); then for w = width
+
+    pre[t] = bias + sum_k weight[k] * xp[t + k]          y = silu(pre) or pre
+    final_state = xp[L : L + w - 1]                     (the last w-1 inputs, oldest first)
+
+One program owns a (BLOCK_D channels x BLOCK_L positions) tile. The w shifted views of x are plain
+masked loads: the tile and its neighbours sit in L1/L2, so HBM sees each element about once. All
+arithmetic is float32; results are rounded once to the output dtype.
+
+The backward pass recomputes the pre-activation rather than storing it (saves a full (b, d, L)
+tensor), writes dweight/dbias as per-program partial sums (deterministic, no atomics) and reduces them
+with torch, and folds the gradient of the initial state into the programs that own position 0.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _load_xp(x_ptr, init_ptr, b, d, s, mask_d, L, sxb, sxd, sxl, sib, sid, sil,
+             WIDTH: tl.constexpr, HAS_INIT: tl.constexpr):
+    """xp at x-positions ``s`` (a vector that may be negative): x[s] for s >= 0, the initial state
+    (or zero) for -(w-1) <= s < 0, zero past the end. Returns float32 (BLOCK_D, len(s))."""
+    in_x = (s >= 0) & (s < L)
+    v = tl.load(x_ptr + b * sxb + d[:, None] * sxd + s[None, :] * sxl,
+                mask=mask_d[:, None] & in_x[None, :], other=0.0).to(tl.float32)
+    if HAS_INIT:
+        j = s + (WIDTH - 1)
+        in_init = (s < 0) & (j >= 0)
+        v += tl.load(init_ptr + b * sib + d[:, None] * sid + j[None, :] * sil,
+                     mask=mask_d[:, None] & in_init[None, :], other=0.0).to(tl.float32)
+    return v
+
+
+@triton.jit
+def _conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, y_ptr, final_ptr,
+                     D, L,
+                     sxb, sxd, sxl, swd, swk, sib, sid, sil, syb, syd, syl, sfb, sfd, sfl,
+                     WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
+                     SILU: tl.constexpr, WRITE_FINAL: tl.constexpr,
+                     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_l = tl.program_id(2)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_d = d < D
+    acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+    for k in tl.static_range(WIDTH):
+        wk = tl.load(w_ptr + d * swd + k * swk, mask=mask_d, other=0.0).to(tl.float32)
+        xv = _load_xp(x_ptr, init_ptr, b, d, t + (k - (WIDTH - 1)), mask_d, L,
+                      sxb, sxd, sxl, sib, sid, sil, WIDTH, HAS_INIT)
+        acc += wk[:, None] * xv
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    mask = mask_d[:, None] & (t < L)[None, :]
+    tl.store(y_ptr + b * syb + d[:, None] * syd + t[None, :] * syl,
+             acc.to(y_ptr.dtype.element_ty), mask=mask)
+    if WRITE_FINAL:
+        if pid_l == 0:
+            j = tl.arange(0, 4)  # width - 1 <= 3 state columns
+            fv = _load_xp(x_ptr, init_ptr, b, d, L - (WIDTH - 1) + j, mask_d, L,
+                          sxb, sxd, sxl, sib, sid, sil, WIDTH, HAS_INIT)
+            tl.store(final_ptr + b * sfb + d[:, None] * sfd + j[None, :] * sfl,
+                     fv.to(final_ptr.dtype.element_ty),
+                     mask=mask_d[:, None] & (j < WIDTH - 1)[None, :])
+
+
+@triton.jit
+def _dpre_at(x_ptr, init_ptr, w_ptr, bias_ptr, dy_ptr, b, d, t, mask_d, L,
+             sxb, sxd, sxl, sib, sid, sil, swd, swk, sdb, sdd, sdl,
+             WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
+             SILU: tl.constexpr):
+    """Gradient w.r.t. the pre-activation at positions ``t`` (zero outside [0, L))."""
+    valid = (t >= 0) & (t < L)
+    g = tl.load(dy_ptr + b * sdb + d[:, None] * sdd + t[None, :] * sdl,
+                mask=mask_d[:, None] & valid[None, :], other=0.0).to(tl.float32)
+    if SILU:
+        pre = tl.zeros(g.shape, dtype=tl.float32)
+        if HAS_BIAS:
+            pre += tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+        for k in tl.static_range(WIDTH):
+            wk = tl.load(w_ptr + d * swd + k * swk, mask=mask_d, other=0.0).to(tl.float32)
+            pre += wk[:, None] * _load_xp(x_ptr, init_ptr, b, d, t + (k - (WIDTH - 1)), mask_d, L,
+                                          sxb, sxd, sxl, sib, sid, sil, WIDTH, HAS_INIT)
+        sig = tl.sigmoid(pre)
+        g = g * sig * (1.0 + pre * (1.0 - sig))
+    return g
+
+
+@triton.jit
+def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, dy_ptr, dx_ptr, dinit_ptr,
+                     dw_part_ptr, db_part_ptr,
+                     D, L, NUM_L_BLOCKS,
+                     sxb, sxd, sxl, swd, swk, sib, sid, sil, sdb, sdd, sdl, sgb, sgd, sgl,
+                     sjb, sjd, sjl,
+                     WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
+                     SILU: tl.constexpr, NEED_DINIT: tl.constexpr,
+                     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_l = tl.program_id(2)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    s = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_d = d < D
+    # dx[s] = sum_m weight[w-1-m] * dpre[s + m]; dweight[k] = sum_t dpre[t] * xp[t + k]
+    dx = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
+    part = (b * NUM_L_BLOCKS + pid_l) * D
+    for m in tl.static_range(WIDTH):
+        g = _dpre_at(x_ptr, init_ptr, w_ptr, bias_ptr, dy_ptr, b, d, s + m, mask_d, L,
+                     sxb, sxd, sxl, sib, sid, sil, swd, swk, sdb, sdd, sdl,
+                     WIDTH, HAS_BIAS, HAS_INIT, SILU)
+        wk = tl.load(w_ptr + d * swd + (WIDTH - 1 - m) * swk, mask=mask_d, other=0.0).to(tl.float32)
+        dx += wk[:, None] * g
+        if m == 0:  # g is dpre on this tile's own positions: weight and bias gradients
+            if HAS_BIAS:
+                tl.store(db_part_ptr + part + d, tl.sum(g, axis=1), mask=mask_d)
+            for k in tl.static_range(WIDTH):
+                xv = _load_xp(x_ptr, init_ptr, b, d, s + (k - (WIDTH - 1)), mask_d, L,
+                              sxb, sxd, sxl, sib, sid, sil, WIDTH, HAS_INIT)
+                tl.store(dw_part_ptr + (part + d) * WIDTH + k, tl.sum(g * xv, axis=1), mask=mask_d)
+    tl.store(dx_ptr + b * sgb + d[:, None] * sgd + s[None, :] * sgl,
+             dx.to(dx_ptr.dtype.element_ty), mask=mask_d[:, None] & (s < L)[None, :])
+    if NEED_DINIT:
+        if pid_l == 0:  # the initial state sits at x-positions -(w-1) .. -1
+            j = tl.arange(0, 4)
+            sj = j - (WIDTH - 1)
+            di = tl.zeros((BLOCK_D, 4), dtype=tl.float32)
+            for m in tl.static_range(WIDTH):
+                g = _dpre_at(x_ptr, init_ptr, w_ptr, bias_ptr, dy_ptr, b, d, sj + m, mask_d, L,
+                             sxb, sxd, sxl, sib, sid, sil, swd, swk, sdb, sdd, sdl,
+                             WIDTH, HAS_BIAS, HAS_INIT, SILU)
+                wk = tl.load(w_ptr + d * swd + (WIDTH - 1 - m) * swk, mask=mask_d,
+                             other=0.0).to(tl.float32)
+                di += wk[:, None] * g
+            tl.store(dinit_ptr + b * sjb + d[:, None] * sjd + j[None, :] * sjl,
+                     di.to(dinit_ptr.dtype.element_ty),
+                     mask=mask_d[:, None] & (j < WIDTH - 1)[None, :])
+
+
+def _blocks(L: int) -> tuple[int, int]:
+    # ~4k elements a program: long rows take wide position tiles, short ones many channels.
+    block_l = min(max(triton.next_power_of_2(max(L, 1)), 16), 256)
+    block_d = max(4096 // block_l, 16)
+    block_d = min(block_d, 64)
+    return block_d, block_l
+
+
+def _check(x, weight, bias, initial_state, activation):
+    if x.dim() != 3:
+        raise ValueError(f"x must be (batch, dim, L), got shape {tuple(x.shape)}")
+    batch, dim, _ = x.shape
+    if weight.dim() != 2 or weight.shape[0] != dim or not 2 <= weight.shape[1] <= 4:
+        raise ValueError(f"weight must be (dim={dim}, width in 2..4), got {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (dim,):
+        raise ValueError(f"bias must be ({dim},), got {tuple(bias.shape)}")
+    w = weight.shape[1]
+    if initial_state is not None and tuple(initial_state.shape) != (batch, dim, w - 1):
+        raise ValueError(f"initial_state must be ({batch}, {dim}, {w - 1}), "
+                         f"got {tuple(initial_state.shape)}")
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"activation must be 'silu' or None, got {activation!r}")
+
+
+class CausalConv1dFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, initial_state, silu, return_final_state):
+        batch, dim, L = x.shape
+        width = weight.shape[1]
+        y = torch.empty((batch, dim, L), device=x.device, dtype=x.dtype)
+        final = (torch.empty((batch, dim, width - 1), device=x.device, dtype=x.dtype)
+                 if return_final_state else None)
+        block_d, block_l = _blocks(L)
+        grid = (batch, triton.cdiv(dim, block_d), max(triton.cdiv(L, block_l), 1))
+        init_s = initial_state.stride() if initial_state is not None else (0, 0, 0)
+        fin_s = final.stride() if final is not None else (0, 0, 0)
+        _conv_fwd_kernel[grid](
+            x, weight, bias if bias is not None else x, initial_state if initial_state is not None else x,
+            y, final if final is not None else y,
+            dim, L, *x.stride(), *weight.stride(), *init_s, *y.stride(), *fin_s,
+            WIDTH=width, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None,
+            SILU=silu, WRITE_FINAL=final is not None, BLOCK_D=block_d, BLOCK_L=block_l,
+            num_warps=4)
+        ctx.save_for_backward(x, weight, bias, initial_state)
+        ctx.silu = silu
+        ctx.return_final_state = return_final_state
+        if return_final_state:
+            return y, final
+        return y
+
+    @staticmethod
+    def backward(ctx, dy, dfinal=None):
+        x, weight, bias, initial_state = ctx.saved_tensors
+        batch, dim, L = x.shape
+        width = weight.shape[1]
+        if dy is None:
+            dy = torch.zeros_like(x)
+        block_d, block_l = _blocks(L)
+        n_l = max(triton.cdiv(L, block_l), 1)
+        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+        need_dinit = initial_state is not None and ctx.needs_input_grad[3]
+        dinit = torch.empty_like(initial_state, memory_format=torch.contiguous_format) if need_dinit else None
+        dw_part = torch.empty((batch, n_l, dim, width), device=x.device, dtype=torch.float32)
+        db_part = (torch.empty((batch, n_l, dim), device=x.device, dtype=torch.float32)
+                   if bias is not None else None)
+        init_s = initial_state.stride() if initial_state is not None else (0, 0, 0)
+        dinit_s = dinit.stride() if dinit is not None else (0, 0, 0)
+        grid = (batch, triton.cdiv(dim, block_d), n_l)
+        _conv_bwd_kernel[grid](
+            x, weight, bias if bias is not None else x, initial_state if initial_state is not None else x,
+            dy, dx, dinit if dinit is not None else dx, dw_part, db_part if db_part is not None else dw_part,
+            dim, L, n_l, *x.stride(), *weight.stride(), *init_s, *dy.stride(), *dx.stride(), *dinit_s,
+            WIDTH=width, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None,
+            SILU=ctx.silu, NEED_DINIT=need_dinit, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=4)
+        if dfinal is not None and ctx.return_final_state:
+            # final_state[j] is xp at x-position L-(w-1)+j: route its gradient to x or the initial state
+            for j in range(width - 1):
+                p = L - (width - 1) + j
+                if p >= 0:
+                    dx[:, :, p] += dfinal[:, :, j].to(dx.dtype)
+                elif dinit is not None:
+                    dinit[:, :, p + width - 1] += dfinal[:, :, j].to(dinit.dtype)
+        dweight = dw_part.sum(dim=(0, 1)).to(weight.dtype)
+        dbias = db_part.sum(dim=(0, 1)).to(bias.dtype) if bias is not None else None
+        return dx, dweight, dbias, dinit, None, None
+
+
+def causal_conv1d_triton(x, weight, bias=None, initial_state=None, activation="silu",
+                         return_final_state=False):
+    """Fused causal depthwise conv1d; same contract as ``causal_conv1d_torch``."""
+    _check(x, weight, bias, initial_state, activation)
+    return CausalConv1dFn.apply(x, weight, bias, initial_state, activation in ("silu", "swish"),
+                                return_final_state)
+
+
+@triton.jit
+def _conv_update_kernel(x_ptr, state_ptr, w_ptr, bias_ptr, y_ptr, D,
+                        sxb, sxd, ssb, ssd, ssk, swd, swk, syb, syd,
+                        WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+                        BLOCK_D: tl.constexpr):
+    b = tl.program_id(0)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask = d < D
+    xv = tl.load(x_ptr + b * sxb + d * sxd, mask=mask, other=0.0)
+    acc = tl.load(w_ptr + d * swd + (WIDTH - 1) * swk, mask=mask, other=0.0).to(tl.float32) \
+        * xv.to(tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + d, mask=mask, other=0.0).to(tl.float32)
+    state_row = state_ptr + b * ssb + d * ssd
+    # read the whole window before shifting it in place (the reference reads, then writes)
+    prev = tl.load(state_row, mask=mask, other=0.0)
+    acc += tl.load(w_ptr + d * swd, mask=mask, other=0.0).to(tl.float32) * prev.to(tl.float32)
+    for k in tl.static_range(1, WIDTH - 1):
+        cur = tl.load(state_row + k * ssk, mask=mask, other=0.0)
+        acc += tl.load(w_ptr + d * swd + k * swk, mask=mask, other=0.0).to(tl.float32) \
+            * cur.to(tl.float32)
+        tl.store(state_row + (k - 1) * ssk, cur, mask=mask)
+    tl.store(state_row + (WIDTH - 2) * ssk, xv.to(state_ptr.dtype.element_ty), mask=mask)
+    if SILU:
+        acc = acc * tl.sigmoid(acc)
+    tl.store(y_ptr + b * syb + d * syd, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def causal_conv1d_update_triton(x, conv_state, weight, bias=None, activation="silu"):
+    """One decode step; same contract as ``causal_conv1d_update_torch`` (conv_state updated in place)."""
+    batch, dim = x.shape
+    width = weight.shape[1]
+    if tuple(conv_state.shape) != (batch, dim, width - 1):
+        raise ValueError(f"conv_state must be ({batch}, {dim}, {width - 1}), got {tuple(conv_state.shape)}")
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"activation must be 'silu' or None, got {activation!r}")
+    y = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
+    block_d = min(max(triton.next_power_of_2(dim), 32), 256)
+    grid = (batch, triton.cdiv(dim, block_d))
+    _conv_update_kernel[grid](
+        x, conv_state, weight, bias if bias is not None else x, y, dim,
+        *x.stride(), *conv_state.stride(), *weight.stride(), *y.stride(),
+        WIDTH=width, HAS_BIAS=bias is not None, SILU=activation in ("silu", "swish"),
+        BLOCK_D=block_d, num_warps=4 if block_d >= 256 else 1)
+    return y
