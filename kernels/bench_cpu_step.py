@@ -37,11 +37,25 @@ def build_seqmamba():
 
 
 def build_mambapy():
-    from mambapy.lm import LM
-    from mambapy.mamba import MambaConfig
+    # mambapy.lm.LM would do, but it imports mamba2 and with it einops; the LM wrapper is just
+    # embedding -> Mamba -> RMSNorm -> linear head, so it is assembled here from mambapy.mamba.
+    from mambapy.mamba import Mamba, MambaConfig, RMSNorm
     cfg = MambaConfig(d_model=SHAPE["d_model"], n_layers=SHAPE["n_layer"], d_state=SHAPE["d_state"],
                       d_conv=SHAPE["d_conv"], expand_factor=SHAPE["expand"], pscan=True)
-    return LM(cfg, vocab_size=SHAPE["vocab_size"])
+
+    class MambapyLM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(SHAPE["vocab_size"], cfg.d_model)
+            self.mamba = Mamba(cfg)
+            self.norm_f = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
+            self.lm_head = torch.nn.Linear(cfg.d_model, SHAPE["vocab_size"], bias=False)
+            self.lm_head.weight = self.embedding.weight
+
+        def forward(self, tokens):
+            return self.lm_head(self.norm_f(self.mamba(self.embedding(tokens))))
+
+    return MambapyLM()
 
 
 def build_transformers():

@@ -96,6 +96,22 @@ def _dpre_at(x_ptr, init_ptr, w_ptr, bias_ptr, dy_ptr, b, d, t, mask_d, L,
 
 
 @triton.jit
+def _dxp_at(x_ptr, init_ptr, w_ptr, bias_ptr, dy_ptr, b, d, s, mask_d, L,
+            sxb, sxd, sxl, sib, sid, sil, swd, swk, sdb, sdd, sdl,
+            WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
+            SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Gradient w.r.t. xp at x-positions ``s``: sum_m weight[w-1-m] * dpre[s + m]."""
+    acc = tl.zeros((BLOCK_D, BLOCK_S), dtype=tl.float32)
+    for m in tl.static_range(WIDTH):
+        g = _dpre_at(x_ptr, init_ptr, w_ptr, bias_ptr, dy_ptr, b, d, s + m, mask_d, L,
+                     sxb, sxd, sxl, sib, sid, sil, swd, swk, sdb, sdd, sdl,
+                     WIDTH, HAS_BIAS, HAS_INIT, SILU)
+        wk = tl.load(w_ptr + d * swd + (WIDTH - 1 - m) * swk, mask=mask_d, other=0.0).to(tl.float32)
+        acc += wk[:, None] * g
+    return acc
+
+
+@triton.jit
 def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, dy_ptr, dx_ptr, dinit_ptr,
                      dw_part_ptr, db_part_ptr,
                      D, L, NUM_L_BLOCKS,
@@ -131,15 +147,9 @@ def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, dy_ptr, dx_ptr, dinit_ptr
     if NEED_DINIT:
         if pid_l == 0:  # the initial state sits at x-positions -(w-1) .. -1
             j = tl.arange(0, 4)
-            sj = j - (WIDTH - 1)
-            di = tl.zeros((BLOCK_D, 4), dtype=tl.float32)
-            for m in tl.static_range(WIDTH):
-                g = _dpre_at(x_ptr, init_ptr, w_ptr, bias_ptr, dy_ptr, b, d, sj + m, mask_d, L,
-                             sxb, sxd, sxl, sib, sid, sil, swd, swk, sdb, sdd, sdl,
-                             WIDTH, HAS_BIAS, HAS_INIT, SILU)
-                wk = tl.load(w_ptr + d * swd + (WIDTH - 1 - m) * swk, mask=mask_d,
-                             other=0.0).to(tl.float32)
-                di += wk[:, None] * g
+            di = _dxp_at(x_ptr, init_ptr, w_ptr, bias_ptr, dy_ptr, b, d, j - (WIDTH - 1), mask_d, L,
+                         sxb, sxd, sxl, sib, sid, sil, swd, swk, sdb, sdd, sdl,
+                         WIDTH, HAS_BIAS, HAS_INIT, SILU, BLOCK_D, 4)
             tl.store(dinit_ptr + b * sjb + d[:, None] * sjd + j[None, :] * sjl,
                      di.to(dinit_ptr.dtype.element_ty),
                      mask=mask_d[:, None] & (j < WIDTH - 1)[None, :])

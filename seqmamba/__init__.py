@@ -3,6 +3,7 @@
     import seqmamba
     model = seqmamba.load("path/to/checkpoint")       # or a transformers MambaForCausalLM directory
     model = seqmamba.build_model(seqmamba.ModelConfig(d_model=256, n_layer=8, vocab_size=16))
+    X = seqmamba.embed(model, ["ACGT...", "GGCA..."])      # (n, d_model) numpy array
 
 The public names are imported on first use, so ``import seqmamba`` (and the CLI) stays fast.
 """
@@ -18,6 +19,7 @@ _LAZY = {
     "MambaClassifier": "seqmamba.heads",
     "SeqMambaModel": "seqmamba.heads",
     "save_hf": "seqmamba.hf_interop",
+    "embed": "seqmamba.api",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -26,7 +26,7 @@ import math
 import pathlib
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Optional, Union
 
 __all__ = ["ConfigError", "TypedConfig", "from_dict", "check_value", "key_path", "ModelConfig"]
@@ -36,9 +36,10 @@ class ConfigError(ValueError):
     """A configuration key or value is wrong. The message names the full key path."""
 
 
-# The prefix used in messages raised from __post_init__ while `from_dict` builds an instance.
-_PREFIX: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("seqmamba_config_prefix",
-                                                                        default=None)
+# (class, prefix) while `from_dict` builds an instance of that class, so that its __post_init__
+# reports errors under the right key path (and a nested default built meanwhile does not).
+_PREFIX: contextvars.ContextVar[Optional[tuple]] = contextvars.ContextVar("seqmamba_config_prefix",
+                                                                          default=None)
 
 
 def key_path(prefix: str, key: Any) -> str:
@@ -156,8 +157,8 @@ def check_value(value: Any, tp: Any, path: str) -> Any:
 
 
 @contextlib.contextmanager
-def _prefix_scope(prefix: str):
-    token = _PREFIX.set(prefix)
+def _prefix_scope(cls, prefix: str):
+    token = _PREFIX.set((cls, prefix))
     try:
         yield
     finally:
@@ -195,7 +196,7 @@ def from_dict(cls, data: Any, prefix: str = ""):
     if missing:
         raise ConfigError(f"{key_path(prefix, missing[0])}: required key is missing")
     kwargs = {key: check_value(value, types_[key], key_path(prefix, key)) for key, value in data.items()}
-    with _prefix_scope(prefix):
+    with _prefix_scope(cls, prefix):
         obj = cls(**kwargs)
     if not isinstance(obj, TypedConfig):  # TypedConfig validates itself in __post_init__
         validate = getattr(obj, "validate", None)
@@ -214,9 +215,8 @@ class TypedConfig:
     _config_prefix: ClassVar[str] = ""
 
     def __post_init__(self):
-        prefix = _PREFIX.get()
-        if prefix is None:
-            prefix = self._config_prefix
+        scope = _PREFIX.get()
+        prefix = scope[1] if scope is not None and scope[0] is type(self) else self._config_prefix
         # from_dict already checked the types, but direct construction in Python did not.
         for name, tp in _field_types(type(self)).items():
             object.__setattr__(self, name, check_value(getattr(self, name), tp, key_path(prefix, name)))

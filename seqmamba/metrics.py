@@ -6,7 +6,6 @@ JSON metrics file or a log line; ``save_confusion_matrix`` writes a PNG without 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -98,13 +97,12 @@ def save_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.part")
-        os.close(fd)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
         try:
             fig.savefig(tmp, format="png")
             os.replace(tmp, path)
         except BaseException:
-            os.unlink(tmp)
+            tmp.unlink(missing_ok=True)
             raise
     finally:
         plt.close(fig)

@@ -69,6 +69,8 @@ def test_tokenizer_is_saved_and_rebuilt(tmp_path):
     again = seqmamba.load(tmp_path / "m")
     assert again.tokenizer_name == "dna_char"
     assert again.tokenizer.to_config() == tok.to_config()
+    with pytest.raises(ValueError, match="has 10 tokens but model.vocab_size is 4"):
+        MambaLM(dict(d_model=16, n_layer=1, vocab_size=4), tokenizer=tok)
 
 
 def test_dtype_and_device_arguments(tmp_path):

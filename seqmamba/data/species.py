@@ -38,7 +38,7 @@ from ..tokenizers.dna_alphabet import reverse_complement
 from .fasta import IndexedFasta
 
 __all__ = [
-    "SpeciesEntry", "SplitConfig", "Interval", "chromosome_key", "split_records", "SpeciesGenome",
+    "SpeciesEntry", "SplitConfig", "SpeciesDataConfig", "Interval", "chromosome_key", "split_records", "SpeciesGenome",
     "SpeciesSource", "SpeciesWindowDataset", "HYENADNA_VAL_CHROMOSOMES", "HYENADNA_TEST_CHROMOSOMES",
     "missing_species_message",
 ]
@@ -93,6 +93,44 @@ class SplitConfig(TypedConfig):
             re.compile(self.exclude)
         except re.error as e:
             raise ConfigError(f"{prefix}.exclude: not a regular expression ({e})") from None
+
+
+@dataclass
+class SpeciesDataConfig(TypedConfig):
+    """The ``data`` section of a species fine-tuning recipe."""
+
+    _config_prefix: ClassVar[str] = "data"
+
+    species: list[SpeciesEntry]
+    split: SplitConfig = field(default_factory=SplitConfig)
+    max_n_fraction: float = 0.1     # windows with more non-ACGT bases are redrawn
+    rc_augment: bool = False        # reverse-complement half of the training windows
+    steps_per_epoch: int = 1024     # the paper's epoch; sets the nominal epoch of the sampler
+    val_samples: int = 256          # fixed validation windows (balanced over species)
+    test_samples: int = 512         # fixed test windows, scored after training
+    eval_seq_len: Optional[int] = None  # validation/test window length (default: last stage's)
+
+    def validate(self, prefix: str) -> None:
+        if len(self.species) < 2:
+            raise ConfigError(f"{prefix}.species: needs at least two species, got {len(self.species)}")
+        names = [s.name for s in self.species]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"{prefix}.species: duplicate names {dup}")
+        if not 0 <= self.max_n_fraction <= 1:
+            raise ConfigError(f"{prefix}.max_n_fraction: must be in [0, 1], got {self.max_n_fraction}")
+        for key in ("steps_per_epoch", "val_samples", "test_samples"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{prefix}.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.eval_seq_len is not None and self.eval_seq_len < 1:
+            raise ConfigError(f"{prefix}.eval_seq_len: must be >= 1, got {self.eval_seq_len}")
+
+    @property
+    def class_names(self) -> list[str]:
+        return [s.name for s in self.species]
+
+    def missing(self) -> list[SpeciesEntry]:
+        return [s for s in self.species if not Path(s.path).is_file()]
 
 
 @dataclass(frozen=True)

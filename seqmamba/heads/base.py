@@ -54,6 +54,10 @@ class SeqMambaModel(nn.Module):
             config = config.replace(tokenizer=tokenizer.to_config())
         self.config = config
         self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer(config.tokenizer)
+        tok_vocab = getattr(self.tokenizer, "vocab_size", None)
+        if tok_vocab is not None and tok_vocab > config.vocab_size:
+            raise ValueError(f"tokenizer {self.tokenizer_name!r} has {tok_vocab} tokens but "
+                             f"model.vocab_size is {config.vocab_size}")
         self.backbone = build_backbone(config)
 
     # ---- facts ---------------------------------------------------------------------------------

@@ -23,10 +23,6 @@ import torch.nn.functional as F
 from seqmamba import kernels
 from seqmamba.config import ModelConfig
 
-# A fused single-token conv update may be added to the kernels later; use it when it exists.
-_conv_update = getattr(kernels, "causal_conv1d_update", kernels.causal_conv1d_update_torch)
-
-
 def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     """y such that softplus(y) == x (x > 0), computed stably as x + log(1 - exp(-x))."""
     return x + torch.log(-torch.expm1(-x))
@@ -128,7 +124,8 @@ class MambaMixer(nn.Module):
         Allocates no persistent tensors, so it can be captured in a CUDA graph.
         """
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, d_inner) each
-        x = _conv_update(x, layer_cache.conv_state, self._conv_weight(), self.conv1d.bias, "silu")
+        x = kernels.causal_conv1d_update(x, layer_cache.conv_state, self._conv_weight(),
+                                         self.conv1d.bias, "silu")
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight)
         A = -torch.exp(self.A_log.float())

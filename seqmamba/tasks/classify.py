@@ -177,6 +177,12 @@ def classify_records(model, records: Iterable[FastaRecord], window: int = DEFAUL
 
 # ---- output and CLI plumbing -------------------------------------------------------------------
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path beside ``path``; rename it to ``path`` only when the block
@@ -188,6 +194,7 @@ def atomic_output(path: str | os.PathLike, suffix: str = ""):
         raise ValueError(f"{path.parent}: output folder does not exist")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".part")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode of a new file
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import lightning as L
 
-__all__ = ["StepCheckpoint", "MetricsLog", "export_model", "plot_curves", "CSV_FIELDS"]
+__all__ = ["StepCheckpoint", "MetricsLog", "StepProgressBar", "export_model", "plot_curves",
+           "CSV_FIELDS"]
 
 CSV_FIELDS = ["step", "split", "loss", "bits", "ppl", "acc", "lr", "grad_norm", "seq_len", "tokens",
               "elapsed_s"]
@@ -50,7 +51,7 @@ class StepCheckpoint(L.Callback):
     def save(self, trainer, pl_module) -> None:
         step = trainer.global_step
         path = self.ckpt_dir / f"step-{step:07d}.ckpt"
-        trainer.save_checkpoint(path)  # every rank must call it; rank 0 writes
+        trainer.save_checkpoint(path, weights_only=False)  # every rank calls it; rank 0 writes
         self.last_saved_step = step
         if trainer.is_global_zero:
             tmp = self.ckpt_dir / f".last.ckpt.tmp-{os.getpid()}"
@@ -181,3 +182,46 @@ def _fmt(value):
     if isinstance(value, float):
         return f"{value:.6g}"
     return value
+
+
+class StepProgressBar(L.Callback):
+    """A tqdm bar over optimizer steps (Lightning's own bar counts micro-batches of one endless
+    epoch), showing loss, last validation loss, sequence length and tokens per second."""
+
+    def __init__(self, max_steps: int):
+        self.max_steps = max_steps
+        self.bar = None
+        self._last = -1
+
+    def on_train_start(self, trainer, pl_module):
+        if not trainer.is_global_zero:
+            return
+        from tqdm import tqdm
+        self.bar = tqdm(total=self.max_steps, initial=trainer.global_step, unit="step",
+                        dynamic_ncols=True, desc="train")
+        self._last = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.bar is None or trainer.global_step == self._last:
+            return
+        self.bar.update(trainer.global_step - self._last)
+        self._last = trainer.global_step
+        m, v = pl_module.step_metrics, pl_module.val_metrics
+        post = {"loss": f"{m.get('loss', float('nan')):.4f}", "L": m.get("seq_len")}
+        if v:
+            post["val"] = f"{v['val_loss']:.4f}"
+        rate = self.bar.format_dict.get("rate")
+        if rate:
+            post["tok/s"] = f"{rate * pl_module.plan.tokens_per_step:,.0f}"
+        self.bar.set_postfix(post, refresh=False)
+
+    def _close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def on_train_end(self, trainer, pl_module):
+        self._close()
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._close()

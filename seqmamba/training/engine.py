@@ -12,6 +12,7 @@ bf16 mixed precision on GPU, fp32 on CPU; DDP when trainer.devices > 1.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 import warnings
@@ -23,7 +24,7 @@ from typing import Callable
 import lightning as L
 import torch
 
-from .callbacks import MetricsLog, StepCheckpoint
+from .callbacks import MetricsLog, StepCheckpoint, StepProgressBar
 from .config import TrainerConfig
 from .datamodule import StagedDataModule
 from .module import SeqMambaModule
@@ -101,6 +102,7 @@ _QUIET = [
     r".*Checkpoint directory .* exists and is not empty.*",
     r".*You defined a `validation_step` but have no `val_dataloader`.*",
     r".*Total length of `.*` across ranks is zero.*",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
 ]
 
 
@@ -124,11 +126,34 @@ def fit(module: SeqMambaModule, datamodule: StagedDataModule, cfg: TrainerConfig
         if not ckpt_path.exists():
             raise FileNotFoundError(f"{ckpt_path}: no checkpoint to resume from")
 
+    has_valid = datamodule.valid is not None and len(datamodule.valid) > 0
+    progress = [StepProgressBar(plan.max_steps)] if cfg.progress_bar else []
+
+    # Lightning's start-up chatter (accelerator lines, tips) goes to this logger at INFO level;
+    # the one useful fact is echoed below instead.
+    chatter = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = chatter.level
+    chatter.setLevel(logging.WARNING)
+    try:
+        trainer = _trainer(cfg, plan, accelerator, precision, world, run_dir, has_valid,
+                           [metrics_log, checkpoint, *progress, *callbacks])
+        if trainer.is_global_zero:
+            echo(f"device: {accelerator} x {world}, precision {precision}")
+        module.grad_norm_every = cfg.log_every
+        start = time.monotonic()
+        _run(trainer, module, datamodule, ckpt_path, has_valid)
+    finally:
+        chatter.setLevel(level)
+    if trainer.is_global_zero:
+        metrics_log.redraw()
+    return FitResult(run_dir, trainer.global_step, time.monotonic() - start,
+                     dict(module.step_metrics), dict(module.val_metrics))
+
+
+def _trainer(cfg, plan, accelerator, precision, world, run_dir, has_valid, callbacks):
     val_every = cfg.val_every or plan.max_steps
     val_interval = min(val_every, plan.max_steps) * plan.accumulate
-    has_valid = datamodule.valid is not None and len(datamodule.valid) > 0
-
-    trainer = L.Trainer(
+    return L.Trainer(
         accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
         strategy="ddp" if world > 1 else "auto", precision=precision,
         max_steps=plan.max_steps, max_epochs=-1,
@@ -138,19 +163,16 @@ def fit(module: SeqMambaModule, datamodule: StagedDataModule, cfg: TrainerConfig
         check_val_every_n_epoch=None if has_valid else 1,
         limit_val_batches=None if has_valid else 0,
         num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-        callbacks=[metrics_log, checkpoint, *callbacks],
-        enable_progress_bar=cfg.progress_bar, enable_model_summary=cfg.progress_bar,
+        callbacks=callbacks,
+        enable_progress_bar=False, enable_model_summary=False,
         use_distributed_sampler=False, default_root_dir=str(run_dir),
     )
-    module.grad_norm_every = cfg.log_every
-    start = time.monotonic()
+
+
+def _run(trainer, module, datamodule, ckpt_path, has_valid) -> None:
     with warnings.catch_warnings():
         for pattern in _QUIET:
             warnings.filterwarnings("ignore", message=pattern)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
         if has_valid and module.val_metrics.get("step") != trainer.global_step:
             trainer.validate(module, datamodule=datamodule, verbose=False)
-    if trainer.is_global_zero:
-        metrics_log.redraw()
-    return FitResult(run_dir, trainer.global_step, time.monotonic() - start,
-                     dict(module.step_metrics), dict(module.val_metrics))

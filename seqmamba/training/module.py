@@ -46,6 +46,13 @@ def _summary(sums: torch.Tensor, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _numpy_state() -> list:
+    # As plain types and a tensor: Lightning loads checkpoints with torch.load(weights_only=True),
+    # which refuses numpy arrays.
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+
+
 class SeqMambaModule(L.LightningModule):
     """Wraps ``model`` (a SeqMambaModel) with ``objective`` (see ``objectives``).
 
@@ -136,7 +143,7 @@ class SeqMambaModule(L.LightningModule):
         # user objectives may).
         checkpoint["seqmamba"] = {
             "model_config": self.model.config.to_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_state(),
                     "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
@@ -146,7 +153,8 @@ class SeqMambaModule(L.LightningModule):
         if not rng:
             return
         torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
+        kind, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
         random.setstate(rng["python"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
