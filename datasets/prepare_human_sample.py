@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 OUT = HERE / "human"
 SDISTS = [("biopython", "1.88", "Tests/Blat/hg38.fa", "hg38"),
           ("pyfaidx", "0.9.2.2", "tests/data/chr17.hg19.part.fa", "hg19")]
@@ -65,18 +66,10 @@ def from_pypi(cache: Path) -> list[tuple[str, str]]:
 
 
 def split_bed(records: list[tuple[str, str]]) -> list[tuple[str, int, int, str]]:
-    rows = []
-    for name, seq in records:
-        n = len(seq)
-        if n < MIN_SPLIT_RECORD:
-            parts = [("train", 0, n)]
-        else:
-            a, b = int(n * 0.8), int(n * 0.9)
-            parts = [("train", 0, a), ("valid", a, b), ("test", b, n)]
-        for split, start, end in parts:
-            for s in range(start, end, INTERVAL):
-                rows.append((name, s, min(s + INTERVAL, end), split))
-    return rows
+    from seqmamba.data.genome import split_intervals
+
+    return split_intervals([(name, len(seq)) for name, seq in records], INTERVAL, 0.1, 0.1,
+                           MIN_SPLIT_RECORD)
 
 
 def write(records, out: Path) -> None:

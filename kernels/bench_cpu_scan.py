@@ -2,7 +2,7 @@
 
     python kernels/bench_cpu_scan.py [--lengths 512 4096] [--repeats 3] [--variants ...]
 
-Compares ``selective_scan_chunked`` (at several chunk sizes) with two alternatives it was chosen over:
+Compares ``selective_scan_chunked`` (several chunk sizes) with two alternatives it was chosen over:
   loop   the naive sequential loop under autograd (mamba_ssm's reference formulation, fp32)
   tmat   chunks with an intra-chunk (T x T) decay matrix exp(S_t - S_s) under autograd
 Shapes default to one Mamba layer of a d_model 256 model: batch 2, dim 512, N 16, B/C (batch, N, L).
@@ -50,7 +50,8 @@ def scan_tmat(u, delta, A, B, C, D, z, delta_bias, chunk=32):
         causal = torch.ones(t1 - t0, t1 - t0, dtype=torch.bool).tril()
         decay = seg.masked_fill(~causal[:, :, None], float("-inf")).exp()  # mask before exp
         dBu = torch.einsum("bdt,bnt->bdtn", d_c * u[:, :, t0:t1], B[:, :, t0:t1])
-        xs = torch.einsum("bdtsn,bdsn->bdtn", decay, dBu) + torch.exp(S[..., None] * A[:, None]) * x[:, :, None]
+        xs = (torch.einsum("bdtsn,bdsn->bdtn", decay, dBu)
+              + torch.exp(S[..., None] * A[:, None]) * x[:, :, None])
         ys.append(torch.einsum("bdtn,bnt->bdt", xs, C[:, :, t0:t1]))
         x = xs[:, :, -1]
     y = torch.cat(ys, dim=2) + u * D[:, None]
@@ -91,9 +92,13 @@ def main():
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--N", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--variants", nargs="+", default=["chunked32", "chunked64", "chunked128", "loop", "tmat32"],
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--variants", nargs="+",
+                   default=["chunked32", "chunked64", "chunked128", "loop", "tmat32"],
                    help="chunkedT (T = chunk size), loop, tmatT")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; batch {args.batch}, "
           f"dim {args.dim}, N {args.N}; min of {args.repeats}")
     for L in args.lengths:
@@ -101,7 +106,8 @@ def main():
             if name.startswith("chunked"):
                 T = int(name[len("chunked"):])
                 def fn(u, delta, A, B, C, D, z, db, T=T):
-                    return selective_scan_chunked(u, delta, A, B, C, D, z, db, delta_softplus=True, chunk=T)
+                    return selective_scan_chunked(u, delta, A, B, C, D, z, db, delta_softplus=True,
+                                                  chunk=T)
             elif name.startswith("tmat"):
                 T = int(name[len("tmat"):])
                 def fn(*a, T=T):
@@ -113,8 +119,8 @@ def main():
             ins = make_inputs(args.batch, args.dim, args.N, L, requires_grad=True)
             fwd = time_call(fn, ins, False, args.repeats)
             fb = time_call(fn, ins, True, args.repeats)
-            print(f"L={L:5d} {name:12s} forward {fwd * 1e3:8.1f} ms   forward+backward {fb * 1e3:8.1f} ms",
-                  flush=True)
+            print(f"L={L:5d} {name:12s} forward {fwd * 1e3:8.1f} ms   "
+                  f"forward+backward {fb * 1e3:8.1f} ms", flush=True)
 
 
 if __name__ == "__main__":

@@ -155,12 +155,19 @@ def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, dy_ptr, dx_ptr, dinit_ptr
                      mask=mask_d[:, None] & (j < WIDTH - 1)[None, :])
 
 
-def _blocks(L: int) -> tuple[int, int]:
-    # ~4k elements a program: long rows take wide position tiles, short ones many channels.
+def _blocks(L: int, elems: int) -> tuple[int, int]:
+    # ~``elems`` elements a program: long rows take wide position tiles, short ones many channels.
     block_l = min(max(triton.next_power_of_2(max(L, 1)), 16), 256)
-    block_d = max(4096 // block_l, 16)
-    block_d = min(block_d, 64)
+    block_d = min(max(elems // block_l, 4), 64)
     return block_d, block_l
+
+
+# Forward: 4k-element tiles on 4 warps (32 values a thread) stream at ~2 TB/s. The backward keeps
+# several tiles live at once (recomputed pre-activations, gradients, the dx accumulator), so it
+# takes 2k-element tiles on 8 warps (8 values a thread) to stay clear of register spills.
+# bench_conv_norm --sweep measures alternatives.
+FWD_ELEMS, FWD_WARPS = 4096, 4
+BWD_ELEMS, BWD_WARPS = 2048, 8
 
 
 def _check(x, weight, bias, initial_state, activation):
@@ -187,7 +194,7 @@ class CausalConv1dFn(torch.autograd.Function):
         y = torch.empty((batch, dim, L), device=x.device, dtype=x.dtype)
         final = (torch.empty((batch, dim, width - 1), device=x.device, dtype=x.dtype)
                  if return_final_state else None)
-        block_d, block_l = _blocks(L)
+        block_d, block_l = _blocks(L, FWD_ELEMS)
         grid = (batch, triton.cdiv(dim, block_d), max(triton.cdiv(L, block_l), 1))
         init_s = initial_state.stride() if initial_state is not None else (0, 0, 0)
         fin_s = final.stride() if final is not None else (0, 0, 0)
@@ -197,7 +204,7 @@ class CausalConv1dFn(torch.autograd.Function):
             dim, L, *x.stride(), *weight.stride(), *init_s, *y.stride(), *fin_s,
             WIDTH=width, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None,
             SILU=silu, WRITE_FINAL=final is not None, BLOCK_D=block_d, BLOCK_L=block_l,
-            num_warps=4)
+            num_warps=FWD_WARPS)
         ctx.save_for_backward(x, weight, bias, initial_state)
         ctx.silu = silu
         ctx.return_final_state = return_final_state
@@ -212,7 +219,7 @@ class CausalConv1dFn(torch.autograd.Function):
         width = weight.shape[1]
         if dy is None:
             dy = torch.zeros_like(x)
-        block_d, block_l = _blocks(L)
+        block_d, block_l = _blocks(L, BWD_ELEMS)
         n_l = max(triton.cdiv(L, block_l), 1)
         dx = torch.empty_like(x, memory_format=torch.contiguous_format)
         need_dinit = initial_state is not None and ctx.needs_input_grad[3]
@@ -228,7 +235,7 @@ class CausalConv1dFn(torch.autograd.Function):
             dy, dx, dinit if dinit is not None else dx, dw_part, db_part if db_part is not None else dw_part,
             dim, L, n_l, *x.stride(), *weight.stride(), *init_s, *dy.stride(), *dx.stride(), *dinit_s,
             WIDTH=width, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None,
-            SILU=ctx.silu, NEED_DINIT=need_dinit, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=4)
+            SILU=ctx.silu, NEED_DINIT=need_dinit, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=BWD_WARPS)
         if dfinal is not None and ctx.return_final_state:
             # final_state[j] is xp at x-position L-(w-1)+j: route its gradient to x or the initial state
             for j in range(width - 1):
@@ -251,6 +258,42 @@ def causal_conv1d_triton(x, weight, bias=None, initial_state=None, activation="s
 
 
 @triton.jit
+def conv_history(state_row, s_k, w_ptr, swd, swk, d, mask, WIDTH: tl.constexpr):
+    """The state's share of one causal-conv step for channels ``d``: sum_{k < w-1} weight[k] *
+    state[k] (float32), plus state columns 1 and 2 (raw) for ``conv_shift_in``."""
+    c0 = tl.load(state_row, mask=mask, other=0.0)
+    acc = tl.load(w_ptr + d * swd, mask=mask, other=0.0).to(tl.float32) * c0.to(tl.float32)
+    c1 = c0
+    c2 = c0
+    if WIDTH >= 3:
+        c1 = tl.load(state_row + s_k, mask=mask, other=0.0)
+        acc += tl.load(w_ptr + d * swd + swk, mask=mask, other=0.0).to(tl.float32) * c1.to(tl.float32)
+    if WIDTH >= 4:
+        c2 = tl.load(state_row + 2 * s_k, mask=mask, other=0.0)
+        acc += tl.load(w_ptr + d * swd + 2 * swk, mask=mask, other=0.0).to(tl.float32) \
+            * c2.to(tl.float32)
+    return acc, c1, c2
+
+
+@triton.jit
+def conv_shift_in(state_row, s_k, mask, x, c1, c2, WIDTH: tl.constexpr):
+    """Drop the oldest state column and append ``x``, in place, from the columns read by
+    ``conv_history``. The barrier comes first: a program's tensors can be replicated across
+    warps, and a warp that ran ahead must not overwrite a column a slower warp has yet to read."""
+    tl.debug_barrier()
+    xs = x.to(state_row.dtype.element_ty)
+    if WIDTH == 2:
+        tl.store(state_row, xs, mask=mask)
+    if WIDTH == 3:
+        tl.store(state_row, c1, mask=mask)
+        tl.store(state_row + s_k, xs, mask=mask)
+    if WIDTH == 4:
+        tl.store(state_row, c1, mask=mask)
+        tl.store(state_row + s_k, c2, mask=mask)
+        tl.store(state_row + 2 * s_k, xs, mask=mask)
+
+
+@triton.jit
 def _conv_update_kernel(x_ptr, state_ptr, w_ptr, bias_ptr, y_ptr, D,
                         sxb, sxd, ssb, ssd, ssk, swd, swk, syb, syd,
                         WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
@@ -258,21 +301,15 @@ def _conv_update_kernel(x_ptr, state_ptr, w_ptr, bias_ptr, y_ptr, D,
     b = tl.program_id(0)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask = d < D
+    # the state keeps x in its own dtype; the reference rounds x to it before the dot product too
     xv = tl.load(x_ptr + b * sxb + d * sxd, mask=mask, other=0.0)
-    acc = tl.load(w_ptr + d * swd + (WIDTH - 1) * swk, mask=mask, other=0.0).to(tl.float32) \
-        * xv.to(tl.float32)
+    xr = xv.to(state_ptr.dtype.element_ty).to(tl.float32)
+    row = state_ptr + b * ssb + d * ssd
+    acc, c1, c2 = conv_history(row, ssk, w_ptr, swd, swk, d, mask, WIDTH)
+    acc += tl.load(w_ptr + d * swd + (WIDTH - 1) * swk, mask=mask, other=0.0).to(tl.float32) * xr
+    conv_shift_in(row, ssk, mask, xr, c1, c2, WIDTH)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + d, mask=mask, other=0.0).to(tl.float32)
-    state_row = state_ptr + b * ssb + d * ssd
-    # read the whole window before shifting it in place (the reference reads, then writes)
-    prev = tl.load(state_row, mask=mask, other=0.0)
-    acc += tl.load(w_ptr + d * swd, mask=mask, other=0.0).to(tl.float32) * prev.to(tl.float32)
-    for k in tl.static_range(1, WIDTH - 1):
-        cur = tl.load(state_row + k * ssk, mask=mask, other=0.0)
-        acc += tl.load(w_ptr + d * swd + k * swk, mask=mask, other=0.0).to(tl.float32) \
-            * cur.to(tl.float32)
-        tl.store(state_row + (k - 1) * ssk, cur, mask=mask)
-    tl.store(state_row + (WIDTH - 2) * ssk, xv.to(state_ptr.dtype.element_ty), mask=mask)
     if SILU:
         acc = acc * tl.sigmoid(acc)
     tl.store(y_ptr + b * syb + d * syd, acc.to(y_ptr.dtype.element_ty), mask=mask)

@@ -65,16 +65,17 @@ class GraphedStep:
 
     # ---- one step, as recorded --------------------------------------------------------------------
     def _one_step(self) -> torch.Tensor:
+        simple = self.top_k is None and (self.top_p is None or self.top_p >= 1.0)
+        if self.fused is not None and self.temperature is not None and simple:
+            # plain temperature / greedy sampling happens inside the fused head kernel
+            return self.fused(self.ids, self.cache, (self.ids, self.tokens, self.counter,
+                                                     self.temperature, self.seed))
         if self.fused is not None:
             logits = self.fused(self.ids, self.cache)
         else:
             logits = self.model.step(self.ids, self.cache)
         if self.temperature is not None:
-            simple = self.top_k is None and (self.top_p is None or self.top_p >= 1.0)
-            if self.fused is not None and simple:
-                self.fused.sample(self.ids, self.tokens, self.counter, self.temperature, self.seed)
-            else:
-                self._record(_sample_next()(logits, self.temperature, self.top_k, self.top_p))
+            self._record(_sample_next()(logits, self.temperature, self.top_k, self.top_p))
         return logits
 
     def _record(self, token: torch.Tensor) -> None:

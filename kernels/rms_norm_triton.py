@@ -84,13 +84,19 @@ def _rms_bwd_kernel(x_ptr, res_ptr, w_ptr, dout_ptr, drout_ptr, dx_ptr, dres_ptr
     tl.store(dw_part_ptr + pid * H + cols, dw, mask=col_mask)
 
 
+# ~2k elements a program (several short rows, or one long row) at ~8 values a thread: wider
+# tiles spill registers in the backward pass. bench_conv_norm --sweep measures alternatives.
+TILE_ELEMS, VALUES_PER_THREAD = 2048, 8
+# backward: a persistent grid of this many programs per SM, each reducing its dweight rows
+PROGRAMS_PER_SM = 4
+
+
 def _block_m(block_h: int) -> int:
-    # ~2k-4k elements a program keeps registers light at every width
-    return max(1, min(16, 4096 // block_h))
+    return max(1, min(16, TILE_ELEMS // block_h))
 
 
 def _warps(block_h: int) -> int:
-    return 8 if block_h >= 4096 else 4 if block_h >= 512 else 2
+    return max(1, min(16, _block_m(block_h) * block_h // (32 * VALUES_PER_THREAD)))
 
 
 def _rows(t, H):
@@ -108,7 +114,7 @@ def _num_programs(device: torch.device, n_blocks: int) -> int:
     idx = device.index if device.index is not None else torch.cuda.current_device()
     if idx not in _SM_COUNT:
         _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return max(1, min(n_blocks, 4 * _SM_COUNT[idx]))
+    return max(1, min(n_blocks, PROGRAMS_PER_SM * _SM_COUNT[idx]))
 
 
 class RMSNormFn(torch.autograd.Function):

@@ -52,7 +52,8 @@ class _Layout:
         self.dg = self.dim // self.G
 
     def state(self, T=None):
-        return (self.batch, self.G, self.N, self.dg) if T is None else (T, self.batch, self.G, self.N, self.dg)
+        shape = (self.batch, self.G, self.N, self.dg)
+        return shape if T is None else (T,) + shape
 
     def to_state(self, x):  # (batch, dim, N) -> (batch, G, N, dg)
         return x.reshape(self.batch, self.G, self.dg, self.N).transpose(-1, -2).contiguous()
@@ -97,7 +98,7 @@ def _groups_of(BC, dim):
 
 
 class _Chunk:
-    """Views of one chunk [t0, t1) of the time-first inputs, shaped to broadcast against the state."""
+    """Views of chunk [t0, t1) of the time-first inputs, shaped to broadcast against the state."""
 
     def __init__(self, lay, u, delta, Bt, Ct, t0, t1):
         T = t1 - t0
@@ -126,8 +127,8 @@ def _contract_n(BC_col, varies, s):
     return (s * BC_col).sum(-2, keepdim=True)
 
 
-def _chunk_states(lay, ch, A2, x_prev, a, xs):
-    """Fill a = exp(delta*A) and xs = states over the chunk, starting from x_prev. Returns delta*u."""
+def _chunk_states(ch, A2, x_prev, a, xs):
+    """Fill a = exp(delta*A) and xs = the chunk's states, starting from x_prev. Returns delta*u."""
     torch.mul(ch.delta, A2, out=a).exp2_()
     du = ch.delta * ch.u
     torch.mul(du, ch.B_col, out=xs)  # b_t = delta_t u_t B_t, turned into x_t in place below
@@ -138,16 +139,27 @@ def _chunk_states(lay, ch, A2, x_prev, a, xs):
     return du
 
 
+def _channels_inner(x) -> bool:
+    """Whether a (batch, dim, L) tensor is stored (batch, L, dim): a transposed Linear output."""
+    return x.shape[1] > 1 and x.stride(1) == 1 and x.shape[2] > 1 and x.stride(2) >= x.shape[1]
+
+
 def _time_first(x):
-    """(batch, dim, L) -> (L, batch, dim) contiguous. Done as a 2D transpose: torch has a blocked
-    kernel for that, ~4x faster than copying a 3D permute."""
+    """(batch, dim, L) of any layout -> (L, batch, dim) contiguous.
+
+    Channels-inner inputs are copied row by row (cheap); time-inner ones are transposed as one
+    2D matrix, for which torch has a blocked kernel ~4x faster than copying a 3D permute."""
     b, d, L = x.shape
+    if _channels_inner(x):
+        return x.permute(2, 0, 1).contiguous()
     return x.reshape(b * d, L).t().contiguous().view(L, b, d)
 
 
-def _time_last(x):
-    """(L, batch, dim) -> (batch, dim, L) contiguous, the inverse of _time_first."""
+def _time_last(x, channels_inner: bool):
+    """(L, batch, dim) contiguous -> (batch, dim, L), stored channels-inner or time-inner."""
     L, b, d = x.shape
+    if channels_inner:
+        return x.permute(1, 0, 2).contiguous().transpose(1, 2)
     return x.reshape(L, b * d).t().contiguous().view(b, d, L)
 
 
@@ -161,6 +173,8 @@ class _ScanCore(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, x0, chunk):
+        # y and delta's gradient take delta's layout, u's gradient u's: no relayout downstream.
+        ctx.channels_inner = (_channels_inner(u), _channels_inner(delta))
         u, delta = _time_first(u), _time_first(delta)
         lay = _Layout(u, A, B, C)
         A_sd = A.view(lay.G, lay.dg, lay.N).transpose(1, 2).contiguous()  # (G, N, dg)
@@ -177,14 +191,14 @@ class _ScanCore(torch.autograd.Function):
             ch = _Chunk(lay, u, delta, Bt, Ct, t0, t1)
             a, xs = a_buf[:ch.T], x_buf[:ch.T]
             starts[c].copy_(x)  # also frees x, a view of x_buf, from being overwritten below
-            _chunk_states(lay, ch, A2, starts[c], a, xs)
+            _chunk_states(ch, A2, starts[c], a, xs)
             x = xs[-1]
             y[t0:t1] = _contract_n(ch.C_col, ch.C_varies, xs).view(ch.T, lay.batch, lay.dim)
         ctx.save_for_backward(u, delta, A, B, C, starts)
         ctx.chunk = chunk
         ctx.x0_given = x0 is not None
         ctx.set_materialize_grads(False)
-        return _time_last(y), lay.from_state(x).clone()
+        return _time_last(y, ctx.channels_inner[1]), lay.from_state(x).clone()
 
     @staticmethod
     @once_differentiable
@@ -203,7 +217,7 @@ class _ScanCore(torch.autograd.Function):
         gC = u.new_empty(L, batch, G, N) if Ct.dim() == 4 else torch.zeros_like(Ct)
         T_max = min(chunk, L)
         a_buf, x_buf, h_buf = (u.new_empty(lay.state(T_max)) for _ in range(3))
-        # carry = a_{t1} * h_{t1}: what the chunk after this one feeds back into this one's last state.
+        # carry = a_{t1} * h_{t1}: what the next chunk feeds back into this chunk's last state.
         carry = lay.to_state(g_last.to(u.dtype)) if g_last is not None else None
         for c in reversed(range(starts.shape[0])):
             t0, t1 = c * chunk, min(L, (c + 1) * chunk)
@@ -211,7 +225,7 @@ class _ScanCore(torch.autograd.Function):
             T = ch.T
             a, xs, hs = a_buf[:T], x_buf[:T], h_buf[:T]
             x_start = starts[c]
-            du = _chunk_states(lay, ch, A2, x_start, a, xs)
+            du = _chunk_states(ch, A2, x_start, a, xs)
             gy_c = gy[t0:t1].view(T, batch, G, 1, dg)
             # h_t = dLoss/dx_t = C_t gy_t + a_{t+1} h_{t+1}: the recurrence, run backwards.
             torch.mul(gy_c, ch.C_col, out=hs)
@@ -235,14 +249,16 @@ class _ScanCore(torch.autograd.Function):
             gu[t0:t1] = (g_du * ch.delta).view(T, batch, lay.dim)
         gx0 = lay.from_state(carry) if ctx.x0_given else None
         gA = gA.transpose(1, 2).reshape(lay.dim, N)
-        return (_time_last(gu), _time_last(gdelta), gA, lay.bc_grad_to_input(gB, B), lay.bc_grad_to_input(gC, C), gx0, None)
+        u_ci, delta_ci = ctx.channels_inner
+        return (_time_last(gu, u_ci), _time_last(gdelta, delta_ci), gA, lay.bc_grad_to_input(gB, B),
+                lay.bc_grad_to_input(gC, C), gx0, None)
 
 
 def _reduce_channels(src, w, varies, acc, t0, t1):
     """Gradient of B/C over steps [t0, t1): sum over the channels of a group of src * w.
 
-    src (T, batch, G, N, dg), w (T, batch, G, 1, dg). Writes acc[t0:t1] (time-varying, (L, batch, G, N))
-    or adds to acc ((G, N), time-invariant: also summed over time and batch)."""
+    src (T, batch, G, N, dg), w (T, batch, G, 1, dg). Writes acc[t0:t1] (time-varying B/C, acc is
+    (L, batch, G, N)) or adds to acc (time-invariant, acc is (G, N), summed over time and batch)."""
     if varies:
         acc[t0:t1] = torch.matmul(src, w.transpose(-1, -2)).squeeze(-1)
     else:
@@ -268,10 +284,11 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
         raise ValueError(f"A must be (dim={dim}, N); got {tuple(A.shape)}")
     N = A.shape[1]
     for name, BC in (("B", B), ("C", C)):
-        expect = {2: (dim, N), 3: (batch, N, L), 4: (batch, BC.shape[1] if BC.dim() == 4 else 0, N, L)}
+        groups = BC.shape[1] if BC.dim() == 4 else 0
+        expect = {2: (dim, N), 3: (batch, N, L), 4: (batch, groups, N, L)}
         if BC.dim() not in expect or tuple(BC.shape) != expect[BC.dim()]:
-            raise ValueError(f"{name} must be (batch, N, L), (batch, groups, N, L) or (dim, N) with "
-                             f"batch={batch}, N={N}, L={L}, dim={dim}; got {tuple(BC.shape)}")
+            raise ValueError(f"{name} must be (batch, N, L), (batch, groups, N, L) or (dim, N) "
+                             f"with batch={batch}, N={N}, L={L}, dim={dim}; got {tuple(BC.shape)}")
     if initial_state is not None and tuple(initial_state.shape) != (batch, dim, N):
         raise ValueError(f"initial_state must be (batch={batch}, dim={dim}, N={N}); "
                          f"got {tuple(initial_state.shape)}")
@@ -285,7 +302,8 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
                             delta_softplus)
     if L == 0:
         y = u_c.new_zeros(batch, dim, 0)
-        last = (u_c.new_zeros(batch, dim, N) if initial_state is None else initial_state.to(cdt).clone())
+        last = (u_c.new_zeros(batch, dim, N) if initial_state is None
+                else initial_state.to(cdt).clone())
     else:
         x0 = None if initial_state is None else initial_state.to(cdt)
         y, last = _ScanCore.apply(u_c, delta_c, A.to(cdt), B.to(cdt), C.to(cdt), x0, int(chunk))

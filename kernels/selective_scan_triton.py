@@ -24,6 +24,7 @@ dtype. Triton >= 3.0 (associative_scan with reverse=True).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -31,140 +32,206 @@ import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)
+# approximate-math inline PTX on the GPU; the interpreter (TRITON_INTERPRET=1) runs plain Triton ops
+FAST_MATH = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 _MAX_N = 64  # states per channel held in registers; larger N goes to the chunked PyTorch path
+_T = 4       # time steps per register tile (fixed: the tile is split into 4 per-step slices)
+
+
+# ----------------------------------------------------------------------------------------------
+# small helpers. A tile is [NP (states), BD (channels), 4 (steps)]: one thread owns one channel,
+# its NP states and the 4 steps, so the recurrence never leaves the thread. Per-channel tiles are
+# [1, BD, 4], per-state tiles (B, C) [NP, 1, 4]; _split4 turns a tile into its 4 step slices.
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _split4(x):
+    e, o = tl.split(tl.reshape(x, [x.shape[0], x.shape[1], 2, 2]))  # step = 2 * i + j
+    x0, x2 = tl.split(e)
+    x1, x3 = tl.split(o)
+    return x0, x1, x2, x3
 
 
 @triton.jit
-def _affine(a1, b1, a2, b2):
-    # compose x -> a1 x + b1, then x -> a2 x + b2
-    return a1 * a2, b1 * a2 + b2
+def _join4(x0, x1, x2, x3):
+    return tl.reshape(tl.join(tl.join(x0, x2), tl.join(x1, x3)), [x0.shape[0], x0.shape[1], 4])
 
 
 @triton.jit
-def _softplus(x):
-    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
+def _softplus(x, FAST: tl.constexpr):
+    # log(1 + e^x), x above 20 passed through as mamba_ssm does. FAST: the GPU's approximate
+    # ex2/lg2 (relative error ~2^-22) instead of Triton's precise log, ~25 instructions per call;
+    # off in the interpreter, which cannot run inline PTX.
+    if FAST:
+        e = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x * LOG2E],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+        sp = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [1.0 + e],
+                                       dtype=tl.float32, is_pure=True, pack=1) * 0.6931471805599453
+    else:
+        sp = tl.log(1.0 + tl.exp(x))
+    return tl.where(x <= 20.0, sp, x)
 
 
 @triton.jit
-def _delta(dt_row, t, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """delta' = softplus(delta + bias), 0 where masked (so exp(delta' A) = 1 and the input term is 0)."""
-    x = tl.load(dt_row + t, mask=mask, other=0.0).to(tl.float32)
+def _load_delta(ptr, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                FAST: tl.constexpr = FAST_MATH):
+    """delta' = softplus(delta + bias) and the pre-softplus value; 0 where masked (exp(0 A) = 1)."""
+    x = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         x = x + bias
     dt = x
     if SOFTPLUS:
-        dt = _softplus(x)
+        dt = _softplus(x, FAST)
     return tl.where(mask, dt, 0.0), x
+
+
+@triton.jit
+def _fwd_step(h, dt, dtu, Bs, A2):
+    return tl.exp2(dt * A2) * h + dtu * Bs
 
 
 # ----------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------
 @triton.jit
+def _fwd_tile(h, t0, tmask, dmask, nmask, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, out_row,
+              B_row, C_row, N: tl.constexpr, MASKED: tl.constexpr, STATE_ONLY: tl.constexpr,
+              HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+              SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
+    """4 steps for BD channels from state h; returns (state after the tile, delta' tile).
+
+    Full tiles are masked along channels only, so each thread's 4 steps stay one vector load and
+    Triton keeps time inside the thread; MASKED handles the last, partial tile.
+    Per-channel rows (*_row) advance by t0, B/C rows ((L, N) layout) by t0 * N.
+    """
+    if MASKED:
+        m = tmask & dmask
+        mb = tmask & nmask
+    else:
+        m = dmask
+        mb = nmask
+    dt, _ = _load_delta(dt_row + t0, m, bias, HAS_BIAS, SOFTPLUS)
+    uu = tl.load(u_row + t0, mask=m, other=0.0).to(tl.float32)
+    dtu = dt * uu
+    if B_VAR:
+        b0, b1, b2, b3 = _split4(tl.load(B_row + t0 * N, mask=mb, other=0.0))
+    else:
+        b0, b1, b2, b3 = Bd, Bd, Bd, Bd
+    d0, d1, d2, d3 = _split4(dt)
+    e0, e1, e2, e3 = _split4(dtu)
+    h0 = _fwd_step(h, d0, e0, b0, A2)
+    h1 = _fwd_step(h0, d1, e1, b1, A2)
+    h2 = _fwd_step(h1, d2, e2, b2, A2)
+    h3 = _fwd_step(h2, d3, e3, b3, A2)
+    if not STATE_ONLY:
+        if C_VAR:
+            c0, c1, c2, c3 = _split4(tl.load(C_row + t0 * N, mask=mb, other=0.0))
+        else:
+            c0, c1, c2, c3 = Cd, Cd, Cd, Cd
+        y = _join4(tl.sum(h0 * c0, axis=0, keep_dims=True), tl.sum(h1 * c1, axis=0, keep_dims=True),
+                   tl.sum(h2 * c2, axis=0, keep_dims=True), tl.sum(h3 * c3, axis=0, keep_dims=True))
+        if HAS_D:
+            y += Dd * uu
+        if HAS_Z:
+            zz = tl.load(z_row + t0, mask=m, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_row + t0, y.to(out_row.dtype.element_ty), mask=m)
+    return h3, dt
+
+
+@triton.jit
 def _fwd_kernel(
     u_ptr, dt_ptr, z_ptr, out_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
     ck_ptr, hloc_ptr, sdt_ptr,
     s_ub, s_ud, s_tb, s_td, s_zb, s_zd, s_ob, s_od,
-    s_Bb, s_Bg, s_Bn, s_Cb, s_Cg, s_Cn,
+    s_Bb, s_Bg, s_Cb, s_Cg,
     L, dim, cpg_B, cpg_C, CH, CKPT, n_ck,
-    N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
+    N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr,
     STATE_ONLY: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr,
     B_GRP: tl.constexpr, C_GRP: tl.constexpr,
 ):
-    # tiles are [T (time, in-thread), NP (states, in-thread), BLOCK_D (channels, across threads)]
+    """Scan chunk c (steps [c*CH, c*CH + CH)) of BD channels of one batch row.
+
+    STATE_ONLY (pass 1): from a zero state; writes the end state to hloc and the delta' sum to sdt.
+    Otherwise (pass 3): from checkpoint c*CH/CKPT; writes out, the checkpoints inside the chunk
+    and, for the last chunk, the final state. Checkpoints are (batch, n_ck + 1, dim, N) fp32.
+    """
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)[None, None, :]
-    n = tl.arange(0, NP)[None, :, None]
-    tt = tl.arange(0, T)[:, None, None]
+    n = tl.arange(0, NP)[:, None, None]
+    d = pid_d * BD + tl.arange(0, BD)[None, :, None]
+    tt = tl.arange(0, 4)[None, None, :]
+    n2 = tl.arange(0, NP)[:, None]
+    d2 = pid_d * BD + tl.arange(0, BD)[None, :]
     dmask = d < dim
     nmask = n < N
-    dn_mask = dmask & nmask
+    dn2 = (d2 < dim) & (n2 < N)
     d64 = d.to(tl.int64)
-    A2 = tl.load(A_ptr + d * N + n, mask=dn_mask, other=0.0) * LOG2E
+    A2 = tl.load(A_ptr + d2 * N + n2, mask=dn2, other=0.0) * LOG2E
     bias = 0.0
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=dmask, other=0.0)
-    dt_row = dt_ptr + b * s_tb + d64 * s_td
-    u_row = u_ptr + b * s_ub + d64 * s_ud
-    if B_VAR:
-        if B_GRP:
-            B_row = B_ptr + b * s_Bb + (d // cpg_B) * s_Bg + n * s_Bn
-        else:
-            B_row = B_ptr + b * s_Bb + n * s_Bn
+    Dd = 0.0
+    if HAS_D:
+        Dd = tl.load(D_ptr + d, mask=dmask, other=0.0)
+    # pointer tiles are built once; the loop adds a scalar offset
+    dt_row = dt_ptr + b * s_tb + d64 * s_td + tt
+    u_row = u_ptr + b * s_ub + d64 * s_ud + tt
+    out_row = out_ptr + b * s_ob + d64 * s_od + tt
+    z_row = z_ptr + b * s_zb + d64 * s_zd + tt
+    if B_GRP:  # B/C as (batch, groups, L, N) fp32
+        B_row = B_ptr + b * s_Bb + tl.minimum(d // cpg_B, dim // cpg_B - 1) * s_Bg + tt * N + n
     else:
-        Bt = tl.load(B_ptr + d * N + n, mask=dn_mask, other=0.0)
-    if not STATE_ONLY:
-        out_row = out_ptr + b * s_ob + d64 * s_od
-        if HAS_Z:
-            z_row = z_ptr + b * s_zb + d64 * s_zd
-        if HAS_D:
-            Dd = tl.load(D_ptr + d, mask=dmask, other=0.0)
-        if C_VAR:
-            if C_GRP:
-                C_row = C_ptr + b * s_Cb + (d // cpg_C) * s_Cg + n * s_Cn
-            else:
-                C_row = C_ptr + b * s_Cb + n * s_Cn
-        else:
-            Ct = tl.load(C_ptr + d * N + n, mask=dn_mask, other=0.0)
+        B_row = B_ptr + b * s_Bb + tt * N + n
+    if C_GRP:
+        C_row = C_ptr + b * s_Cb + tl.minimum(d // cpg_C, dim // cpg_C - 1) * s_Cg + tt * N + n
+    else:
+        C_row = C_ptr + b * s_Cb + tt * N + n
+    Bd = 0.0
+    if not B_VAR:
+        Bd = tl.load(B_ptr + d2 * N + n2, mask=dn2, other=0.0)
+    Cd = 0.0
+    if not C_VAR:
+        Cd = tl.load(C_ptr + d2 * N + n2, mask=dn2, other=0.0)
     t_begin = c * CH
     t_end = tl.minimum(t_begin + CH, L)
-    ck_row = ck_ptr + (b * (n_ck + 1)) * dim * N + d * N + n  # + k * dim * N: state before step k*CKPT
+    t_full = t_begin + ((t_end - t_begin) // 4) * 4
+    ck_row = ck_ptr + b * (n_ck + 1) * dim * N + d2 * N + n2  # + k * dim * N
     if STATE_ONLY:
-        h = tl.zeros([1, NP, BLOCK_D], dtype=tl.float32)
-        dsum = tl.zeros([T, 1, BLOCK_D], dtype=tl.float32)
+        h = tl.zeros([NP, BD], dtype=tl.float32)
+        dsum = tl.zeros([1, BD, 4], dtype=tl.float32)
     else:
-        h = tl.load(ck_row + (t_begin // CKPT).to(tl.int64) * dim * N, mask=dn_mask, other=0.0)
-    for t0 in range(t_begin, t_end, T):
-        if not STATE_ONLY:
-            if (t0 % CKPT == 0) & (t0 > t_begin):
-                tl.store(ck_row + (t0 // CKPT).to(tl.int64) * dim * N, h, mask=dn_mask)
-        t = t0 + tt
-        tmask = t < t_end
-        m = tmask & dmask
-        dt, _ = _delta(dt_row, t, m, bias, HAS_BIAS, SOFTPLUS)
-        uu = tl.load(u_row + t, mask=m, other=0.0).to(tl.float32)
-        if B_VAR:
-            if B_GRP:
-                Bt = tl.load(B_row + t, mask=tmask & dn_mask, other=0.0)
-            else:
-                Bt = tl.load(B_row + t, mask=tmask & nmask, other=0.0)
-        a = tl.exp2(dt * A2)
-        bx = (dt * uu) * Bt
-        bx = tl.where(tt == 0, bx + a * h, bx)  # fold the carried state into the first step
-        _, hs = tl.associative_scan((a, bx), 0, _affine)
-        h = tl.sum(tl.where(tt == T - 1, hs, 0.0), axis=0, keep_dims=True)
+        h = tl.load(ck_row + (t_begin // CKPT).to(tl.int64) * dim * N, mask=dn2, other=0.0)
+    for t0 in range(t_begin, t_full, 4):
+        h, dt = _fwd_tile(h, t0, tt >= 0, dmask, nmask, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row,
+                          out_row, B_row, C_row, N, False, STATE_ONLY, HAS_Z, HAS_D, HAS_BIAS,
+                          SOFTPLUS, B_VAR, C_VAR)
         if STATE_ONLY:
             dsum += dt
         else:
-            if C_VAR:
-                if C_GRP:
-                    Ct = tl.load(C_row + t, mask=tmask & dn_mask, other=0.0)
-                else:
-                    Ct = tl.load(C_row + t, mask=tmask & nmask, other=0.0)
-            y = tl.sum(hs * Ct, axis=1, keep_dims=True)
-            if HAS_D:
-                y += Dd * uu
-            if HAS_Z:
-                zz = tl.load(z_row + t, mask=m, other=0.0).to(tl.float32)
-                y = y * zz * tl.sigmoid(zz)
-            tl.store(out_row + t, y.to(out_ptr.dtype.element_ty), mask=m)
+            if ((t0 + 4) % CKPT == 0) & (t0 + 4 < t_end):
+                tl.store(ck_row + ((t0 + 4) // CKPT).to(tl.int64) * dim * N, h, mask=dn2)
+    if t_full < t_end:  # partial last tile of the sequence
+        h, dt = _fwd_tile(h, t_full, t_full + tt < t_end, dmask, nmask, A2, bias, Bd, Cd, Dd,
+                          dt_row, u_row, z_row, out_row, B_row, C_row, N, True, STATE_ONLY, HAS_Z,
+                          HAS_D, HAS_BIAS, SOFTPLUS, B_VAR, C_VAR)
+        if STATE_ONLY:
+            dsum += dt
     if STATE_ONLY:
         n_chunks = tl.num_programs(2) + 1  # the last chunk needs no pass 1
-        tl.store(hloc_ptr + ((b * n_chunks + c) * dim + d) * N + n, h, mask=dn_mask)
-        tl.store(sdt_ptr + (b * n_chunks + c) * dim + d, tl.sum(dsum, axis=0, keep_dims=True),
+        tl.store(hloc_ptr + ((b * n_chunks + c) * dim + d2) * N + n2, h, mask=dn2)
+        tl.store(sdt_ptr + (b * n_chunks + c) * dim + d, tl.sum(dsum, axis=2, keep_dims=True),
                  mask=dmask)
     else:
         if t_end == L:
-            tl.store(ck_row + n_ck * dim * N, h, mask=dn_mask)
+            tl.store(ck_row + n_ck * dim * N, h, mask=dn2)
 
 
 @triton.jit
 def _fwd_combine_kernel(ck_ptr, hloc_ptr, sdt_ptr, A_ptr, dim, n_ck, n_chunks, CK_PER_CHUNK,
                         N: tl.constexpr, BLOCK: tl.constexpr):
-    """Chain chunk carries: state entering chunk c+1 = exp(A sum(delta_c)) * state entering c + local."""
+    """Chain chunk carries: state entering chunk c+1 = exp(A sum(delta'_c)) * state entering c + local."""
     b = tl.program_id(1).to(tl.int64)
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # flat (d, n)
     m = idx < dim * N
@@ -181,84 +248,110 @@ def _fwd_combine_kernel(ck_ptr, hloc_ptr, sdt_ptr, A_ptr, dim, n_ck, n_chunks, C
 
 # ----------------------------------------------------------------------------------------------
 # backward
+#   lam_t = C_t dy_t + a_{t+1} lam_{t+1}            (adjoint of the state, dy = dout * silu(z))
+#   du_t = delta_t sum_n lam B + D dy,  ddelta'_t = u_t sum_n lam B + sum_n lam a_t h_{t-1} A
+#   dA += lam a_t h_{t-1} delta_t,  dB_t += lam delta_t u_t,  dC_t += dy_t h_t,  dh_init = a_0 lam_0
 # ----------------------------------------------------------------------------------------------
+@triton.jit
+def _chan_sum(z, IND, GSUB: tl.constexpr, MODE: tl.constexpr):
+    """Sum z [NP, BD] over each group of GSUB consecutive channels (lanes) -> [NP, groups].
+
+    MODE 0: shuffle reduction (5 rounds per value). MODE 1: tensor cores, z @ IND with IND[d, g] =
+    (d // GSUB == g), a shared-memory transpose plus MMA: several times fewer instructions, operands
+    rounded to tf32 (enough for 16-bit inputs). MODE 2: the same on a hi/lo split of z, fp32-exact.
+    """
+    if MODE == 0:
+        return tl.sum(tl.reshape(z, [z.shape[0], z.shape[1] // GSUB, GSUB]), axis=2)
+    elif MODE == 1:
+        return tl.dot(z, IND, input_precision="tf32")
+    else:
+        hi = (z.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+        return tl.dot(hi, IND, input_precision="tf32") + tl.dot(z - hi, IND, input_precision="tf32")
+
+
 @triton.jit
 def _bwd_state_kernel(
     dt_ptr, z_ptr, g_ptr, A_ptr, C_ptr, bias_ptr, lloc_ptr, sdt_ptr,
-    s_tb, s_td, s_zb, s_zd, s_gb, s_gd, s_Cb, s_Cg, s_Cn,
+    s_tb, s_td, s_zb, s_zd, s_gb, s_gd, s_Cb, s_Cg,
     L, dim, cpg_C, CH,
-    N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
+    N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     C_VAR: tl.constexpr, C_GRP: tl.constexpr,
 ):
-    """Adjoint at the start of chunk c (c >= 1) from a zero carry at its end, and the decay exponent.
-
-    lam_s = sum_t (prod_{r=s+1..t} a_r) C_t dy_t over the chunk; decay = sum_{r=s+1..e} delta_r, where
-    e is the first step of the next chunk. Time runs backwards inside each register tile: position p
-    holds step t0 + T-1-p, so a forward scan over positions is the reverse recurrence.
-    """
+    """Adjoint at the first step s of chunk c (c >= 1) from a zero adjoint after its end e, and the
+    decay exponent sum_{r=s+1..e} delta'_r (e = first step of the next chunk; delta'_L = 0)."""
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2) + 1
     n_chunks = tl.num_programs(2) + 1
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)[None, None, :]
-    n = tl.arange(0, NP)[None, :, None]
-    tt = tl.arange(0, T)[:, None, None]
+    n = tl.arange(0, NP)[:, None, None]
+    d = pid_d * BD + tl.arange(0, BD)[None, :, None]
+    tt = tl.arange(0, 4)[None, None, :]
+    n2 = tl.arange(0, NP)[:, None]
+    d2 = pid_d * BD + tl.arange(0, BD)[None, :]
     dmask = d < dim
     nmask = n < N
-    dn_mask = dmask & nmask
+    dn2 = (d2 < dim) & (n2 < N)
     d64 = d.to(tl.int64)
-    A2 = tl.load(A_ptr + d * N + n, mask=dn_mask, other=0.0) * LOG2E
+    A2 = tl.load(A_ptr + d2 * N + n2, mask=dn2, other=0.0) * LOG2E
     bias = 0.0
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=dmask, other=0.0)
-    dt_row = dt_ptr + b * s_tb + d64 * s_td
-    g_row = g_ptr + b * s_gb + d64 * s_gd
-    if HAS_Z:
-        z_row = z_ptr + b * s_zb + d64 * s_zd
-    if C_VAR:
-        if C_GRP:
-            C_row = C_ptr + b * s_Cb + (d // cpg_C) * s_Cg + n * s_Cn
-        else:
-            C_row = C_ptr + b * s_Cb + n * s_Cn
+    dt_row = dt_ptr + b * s_tb + d64 * s_td + tt
+    g_row = g_ptr + b * s_gb + d64 * s_gd + tt
+    z_row = z_ptr + b * s_zb + d64 * s_zd + tt
+    if C_GRP:
+        C_row = C_ptr + b * s_Cb + tl.minimum(d // cpg_C, dim // cpg_C - 1) * s_Cg + tt * N + n
     else:
-        Ct = tl.load(C_ptr + d * N + n, mask=dn_mask, other=0.0)
+        C_row = C_ptr + b * s_Cb + tt * N + n
+    Cd = 0.0
+    if not C_VAR:
+        Cd = tl.load(C_ptr + d2 * N + n2, mask=dn2, other=0.0)
     t_begin = c * CH
     t_end = tl.minimum(t_begin + CH, L)
-    n_it = tl.cdiv(t_end - t_begin, T)
-    lam = tl.zeros([1, NP, BLOCK_D], dtype=tl.float32)
-    dsum = tl.zeros([T, 1, BLOCK_D], dtype=tl.float32)
-    for i in range(0, n_it):
-        t = t_begin + (n_it - 1 - i) * T + (T - 1 - tt)
-        tmask = t < t_end
-        m = tmask & dmask
-        mn = (t + 1 < L) & dmask
-        dtn, _ = _delta(dt_row, t + 1, mn, bias, HAS_BIAS, SOFTPLUS)
-        g = tl.load(g_row + t, mask=m, other=0.0).to(tl.float32)
+    n_t = tl.cdiv(t_end - t_begin, 4)
+    # delta' at the first step after the chunk: its decay links this chunk to the next one
+    d_nx, _ = _load_delta(dt_row + t_end, (tt == 0) & (t_end < L) & dmask, bias, HAS_BIAS, SOFTPLUS)
+    dsum = d_nx
+    lam = tl.zeros([NP, BD], dtype=tl.float32)
+    a_nx = tl.exp2(A2 * tl.reshape(tl.sum(d_nx, axis=2), [1, BD]))
+    for i in range(0, n_t):
+        t0 = t_begin + (n_t - 1 - i) * 4
+        tm = t0 + tt < t_end
+        m = tm & dmask
+        dt, _ = _load_delta(dt_row + t0, m, bias, HAS_BIAS, SOFTPLUS)
+        dsum += dt
+        gg = tl.load(g_row + t0, mask=m, other=0.0).to(tl.float32)
         if HAS_Z:
-            zz = tl.load(z_row + t, mask=m, other=0.0).to(tl.float32)
-            g = g * zz * tl.sigmoid(zz)
+            zz = tl.load(z_row + t0, mask=m, other=0.0).to(tl.float32)
+            gg = gg * zz * tl.sigmoid(zz)
         if C_VAR:
-            if C_GRP:
-                Ct = tl.load(C_row + t, mask=tmask & dn_mask, other=0.0)
-            else:
-                Ct = tl.load(C_row + t, mask=tmask & nmask, other=0.0)
-        an = tl.exp2(dtn * A2)
-        cx = Ct * g
-        cx = tl.where(tt == 0, cx + an * lam, cx)
-        _, lr = tl.associative_scan((an, cx), 0, _affine)
-        lam = tl.sum(tl.where(tt == T - 1, lr, 0.0), axis=0, keep_dims=True)
-        dsum += tl.where(tmask, dtn, 0.0)
-    tl.store(lloc_ptr + ((b * n_chunks + c) * dim + d) * N + n, lam, mask=dn_mask)
-    tl.store(sdt_ptr + (b * n_chunks + c) * dim + d, tl.sum(dsum, axis=0, keep_dims=True), mask=dmask)
+            c0, c1, c2, c3 = _split4(tl.load(C_row + t0 * N, mask=tm & nmask, other=0.0))
+        else:
+            c0, c1, c2, c3 = Cd, Cd, Cd, Cd
+        d0, d1, d2_, d3 = _split4(dt)
+        g0, g1, g2, g3 = _split4(gg)
+        lam = c3 * g3 + a_nx * lam
+        a_nx = tl.exp2(A2 * d3)
+        lam = c2 * g2 + a_nx * lam
+        a_nx = tl.exp2(A2 * d2_)
+        lam = c1 * g1 + a_nx * lam
+        a_nx = tl.exp2(A2 * d1)
+        lam = c0 * g0 + a_nx * lam
+        a_nx = tl.exp2(A2 * d0)
+    # the first step's own delta' does not decay the adjoint at that step
+    d_first, _ = _load_delta(dt_row + t_begin, (tt == 0) & dmask, bias, HAS_BIAS, SOFTPLUS)
+    tl.store(lloc_ptr + ((b * n_chunks + c) * dim + d2) * N + n2, lam, mask=dn2)
+    tl.store(sdt_ptr + (b * n_chunks + c) * dim + d,
+             tl.sum(dsum - d_first, axis=2, keep_dims=True), mask=dmask)
 
 
 @triton.jit
 def _bwd_combine_kernel(lam_ptr, lloc_ptr, sdt_ptr, A_ptr, dim, n_chunks,
                         N: tl.constexpr, BLOCK: tl.constexpr):
-    """Adjoint entering each chunk from its end: lam(c-1) = lloc(c) + exp(A decay(c)) * lam(c)."""
+    """Adjoint after each chunk, from the last: lam(c-1) = lloc(c) + exp(A decay(c)) * lam(c)."""
     b = tl.program_id(1).to(tl.int64)
-    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # flat (d, n)
     m = idx < dim * N
     d = idx // N
     A2 = tl.load(A_ptr + idx, mask=m, other=0.0) * LOG2E
@@ -273,132 +366,302 @@ def _bwd_combine_kernel(lam_ptr, lloc_ptr, sdt_ptr, A_ptr, dim, n_chunks,
 
 
 @triton.jit
+def _ld_bc(row2, off, m2, fixed, VAR: tl.constexpr):
+    """B or C at one step as [NP, 1] (per-channel [NP, BD] when groups split the block), or the
+    time-invariant [NP, BD] value. Reloaded per step (L1 hits) so only one step of it is live."""
+    if VAR:
+        r = tl.load(row2 + off, mask=m2, other=0.0)
+    else:
+        r = fixed
+    return r
+
+
+@triton.jit
+def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, t0, tend, dmask, nmask2, A2, bias, Bd, Cd, Dd,
+              dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row, B_row2, C_row2, dB_row, dC_row,
+              gmask_B, gmask_C, IND_B, IND_C,
+              N: tl.constexpr, GSUB_B: tl.constexpr, GSUB_C: tl.constexpr, SUM_MODE: tl.constexpr,
+              MASKED: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr,
+              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr,
+              C_VAR: tl.constexpr):
+    """Backward through the 4 steps [t0, t0 + 4) (those < tend if MASKED), from the state h entering them.
+
+    lam / a_nx: adjoint of the step after the tile and that step's decay; returns them for the
+    tile's first step, the per-thread accumulators, and the tile's dy*u and ddelta (for dD, dbias).
+    Variable dB/dC rows ([NP, groups] pointers at step 0) get this program's channel sums per step.
+    """
+    tt = tl.arange(0, 4)[None, None, :]
+    if MASKED:
+        m = (t0 + tt < tend) & dmask
+        m0, m1, m2, m3 = nmask2 & (t0 < tend), nmask2 & (t0 + 1 < tend), nmask2 & (t0 + 2 < tend), \
+            nmask2 & (t0 + 3 < tend)
+    else:
+        m = dmask
+        m0, m1, m2, m3 = nmask2, nmask2, nmask2, nmask2
+    dt, x = _load_delta(dt_row + t0, m, bias, HAS_BIAS, SOFTPLUS)
+    uu = tl.load(u_row + t0, mask=m, other=0.0).to(tl.float32)
+    gg = tl.load(g_row + t0, mask=m, other=0.0).to(tl.float32)
+    dtu = dt * uu
+    d0, d1, d2, d3 = _split4(dt)
+    e0, e1, e2, e3 = _split4(dtu)
+    # dy = dout * silu(z) needs no state; dz = dout * y * silu'(z) needs y, summed per step below
+    if HAS_Z:
+        zz = tl.load(z_row + t0, mask=m, other=0.0).to(tl.float32)
+        sz = tl.sigmoid(zz)
+        dy = gg * zz * sz
+        gz = gg * sz * (1.0 + zz * (1.0 - sz))
+    else:
+        dy = gg
+    y0, y1, y2, y3 = _split4(dy)
+    k0, k1, k2, k3 = t0 * N, (t0 + 1) * N, (t0 + 2) * N, (t0 + 3) * N
+    # forward through the tile. Kept for the way back: a_t and ha_t = a_t h_{t-1} (the gradient of
+    # a_t is lam_t h_{t-1}); dC_t = dy_t h_t is reduced on the spot so h_t is not kept
+    a0 = tl.exp2(A2 * d0)
+    ha0 = a0 * h
+    h = ha0 + e0 * _ld_bc(B_row2, k0, m0, Bd, B_VAR)
+    c = _ld_bc(C_row2, k0, m0, Cd, C_VAR)
+    s0 = tl.sum(h * c, axis=0, keep_dims=True)
+    zc = h * y0
+    if C_VAR:
+        tl.store(dC_row + k0, _chan_sum(zc, IND_C, GSUB_C, SUM_MODE), mask=m0 & gmask_C)
+    else:
+        dCf += zc
+    a1 = tl.exp2(A2 * d1)
+    ha1 = a1 * h
+    h = ha1 + e1 * _ld_bc(B_row2, k1, m1, Bd, B_VAR)
+    c = _ld_bc(C_row2, k1, m1, Cd, C_VAR)
+    s1 = tl.sum(h * c, axis=0, keep_dims=True)
+    zc = h * y1
+    if C_VAR:
+        tl.store(dC_row + k1, _chan_sum(zc, IND_C, GSUB_C, SUM_MODE), mask=m1 & gmask_C)
+    else:
+        dCf += zc
+    a2 = tl.exp2(A2 * d2)
+    ha2 = a2 * h
+    h = ha2 + e2 * _ld_bc(B_row2, k2, m2, Bd, B_VAR)
+    c = _ld_bc(C_row2, k2, m2, Cd, C_VAR)
+    s2 = tl.sum(h * c, axis=0, keep_dims=True)
+    zc = h * y2
+    if C_VAR:
+        tl.store(dC_row + k2, _chan_sum(zc, IND_C, GSUB_C, SUM_MODE), mask=m2 & gmask_C)
+    else:
+        dCf += zc
+    a3 = tl.exp2(A2 * d3)
+    ha3 = a3 * h
+    h = ha3 + e3 * _ld_bc(B_row2, k3, m3, Bd, B_VAR)
+    c = _ld_bc(C_row2, k3, m3, Cd, C_VAR)
+    s3 = tl.sum(h * c, axis=0, keep_dims=True)
+    zc = h * y3
+    if C_VAR:
+        tl.store(dC_row + k3, _chan_sum(zc, IND_C, GSUB_C, SUM_MODE), mask=m3 & gmask_C)
+    else:
+        dCf += zc
+    if HAS_Z:
+        y = _join4(s0, s1, s2, s3)
+        if HAS_D:
+            y += Dd * uu
+        tl.store(dz_row + t0, (gz * y).to(dz_row.dtype.element_ty), mask=m)
+    # adjoint, backwards through the tile: lam_t = C_t dy_t + a_{t+1} lam_{t+1}
+    lam = _ld_bc(C_row2, k3, m3, Cd, C_VAR) * y3 + a_nx * lam
+    zb = lam * e3
+    if B_VAR:
+        tl.store(dB_row + k3, _chan_sum(zb, IND_B, GSUB_B, SUM_MODE), mask=m3 & gmask_B)
+    else:
+        dBf += zb
+    w = lam * ha3
+    dA_acc += w * d3
+    q3 = tl.sum(lam * _ld_bc(B_row2, k3, m3, Bd, B_VAR), axis=0, keep_dims=True)
+    r3 = tl.sum(w * A2, axis=0, keep_dims=True)
+    lam = _ld_bc(C_row2, k2, m2, Cd, C_VAR) * y2 + a3 * lam
+    zb = lam * e2
+    if B_VAR:
+        tl.store(dB_row + k2, _chan_sum(zb, IND_B, GSUB_B, SUM_MODE), mask=m2 & gmask_B)
+    else:
+        dBf += zb
+    w = lam * ha2
+    dA_acc += w * d2
+    q2 = tl.sum(lam * _ld_bc(B_row2, k2, m2, Bd, B_VAR), axis=0, keep_dims=True)
+    r2 = tl.sum(w * A2, axis=0, keep_dims=True)
+    lam = _ld_bc(C_row2, k1, m1, Cd, C_VAR) * y1 + a2 * lam
+    zb = lam * e1
+    if B_VAR:
+        tl.store(dB_row + k1, _chan_sum(zb, IND_B, GSUB_B, SUM_MODE), mask=m1 & gmask_B)
+    else:
+        dBf += zb
+    w = lam * ha1
+    dA_acc += w * d1
+    q1 = tl.sum(lam * _ld_bc(B_row2, k1, m1, Bd, B_VAR), axis=0, keep_dims=True)
+    r1 = tl.sum(w * A2, axis=0, keep_dims=True)
+    lam = _ld_bc(C_row2, k0, m0, Cd, C_VAR) * y0 + a1 * lam
+    zb = lam * e0
+    if B_VAR:
+        tl.store(dB_row + k0, _chan_sum(zb, IND_B, GSUB_B, SUM_MODE), mask=m0 & gmask_B)
+    else:
+        dBf += zb
+    w = lam * ha0
+    dA_acc += w * d0
+    q0 = tl.sum(lam * _ld_bc(B_row2, k0, m0, Bd, B_VAR), axis=0, keep_dims=True)
+    r0 = tl.sum(w * A2, axis=0, keep_dims=True)
+    lB = _join4(q0, q1, q2, q3)
+    ddt = lB * uu + _join4(r0, r1, r2, r3) * 0.6931471805599453  # A2 = A log2(e)
+    du = lB * dt
+    if HAS_D:
+        du += Dd * dy
+    if SOFTPLUS:
+        ddt = ddt * tl.sigmoid(x)
+    ddt = tl.where(m, ddt, 0.0)
+    tl.store(du_row + t0, du.to(du_row.dtype.element_ty), mask=m)
+    tl.store(ddt_row + t0, ddt.to(ddt_row.dtype.element_ty), mask=m)
+    return h, lam, a0, dA_acc, dBf, dCf, dy * uu, ddt
+
+
+@triton.jit
 def _bwd_kernel(
-    u_ptr, dt_ptr, z_ptr, g_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ck_ptr, lam_ptr,
+    u_ptr, dt_ptr, z_ptr, g_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ck_ptr, lam_ptr, scr_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dinit_ptr,
     s_ub, s_ud, s_tb, s_td, s_zb, s_zd, s_gb, s_gd, s_xb, s_xd,
-    s_Bb, s_Bg, s_Bn, s_Cb, s_Cg, s_Cn,
-    L, dim, cpg_B, cpg_C, G, TILES, n_ck,
-    N: tl.constexpr, NP: tl.constexpr, TB: tl.constexpr,
-    HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr,
+    s_Bb, s_Bg, s_Cb, s_Cg,
+    L, dim, cpg_B, cpg_C, CH, CKPT, n_ck,
+    N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, GSUB_B: tl.constexpr,
+    GSUB_C: tl.constexpr, GP_B: tl.constexpr, GP_C: tl.constexpr, SUM_MODE: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr,
 ):
-    # tiles are [NP (states), TB (time)]; program = (channel group of G, batch, chunk of TILES tiles).
-    # du, ddelta, dz are contiguous (batch, dim, L): strides s_xb, s_xd.
-    pid_g = tl.program_id(0)
+    """Backward of chunk c of BD channels of one batch row, walking the chunk from its end.
+
+    Per checkpoint block (CKPT steps) it rescans the block forward from its checkpoint, keeping the
+    state entering every tile in this program's scratch (L2-resident), then runs the tiles in
+    reverse. du, ddelta, dz are contiguous (batch, dim, L) (strides s_xb, s_xd). dB/dC of variable
+    B/C are written as partial sums over this program's channels: (parts, batch, groups, L, N).
+    """
+    pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
     n_chunks = tl.num_programs(2)
-    d0 = pid_g * G
-    n = tl.arange(0, NP)[:, None]
-    tt = tl.arange(0, TB)[None, :]
+    n = tl.arange(0, NP)[:, None, None]
+    d = pid_d * BD + tl.arange(0, BD)[None, :, None]
+    tt = tl.arange(0, 4)[None, None, :]
+    n2 = tl.arange(0, NP)[:, None]
+    d2 = pid_d * BD + tl.arange(0, BD)[None, :]
+    dmask = d < dim
     nmask = n < N
-    dN = dim * N
-    if B_VAR:
-        B_row = B_ptr + b * s_Bb + (d0 // cpg_B) * s_Bg + n * s_Bn
-        # partial sums over this program's channels: (cpg_B // G, batch, groups, N, L), contiguous
-        dB_row = dB_ptr + (((d0 % cpg_B) // G) * tl.num_programs(1) * (dim // cpg_B)
-                           + b * (dim // cpg_B) + d0 // cpg_B) * N * L + n * L
-    if C_VAR:
-        C_row = C_ptr + b * s_Cb + (d0 // cpg_C) * s_Cg + n * s_Cn
-        dC_row = dC_ptr + (((d0 % cpg_C) // G) * tl.num_programs(1) * (dim // cpg_C)
-                           + b * (dim // cpg_C) + d0 // cpg_C) * N * L + n * L
-    # adjoint carry, double-buffered by tile parity: (2, batch, n_chunks, dim, N)
-    lam_row = lam_ptr + (b * n_chunks + c) * dN + n
-    lam_slot = tl.num_programs(1) * n_chunks * dN
-    k_first = c * TILES
-    k_last = tl.minimum(k_first + TILES, n_ck) - 1
-    for kk in range(0, k_last - k_first + 1):
-        k = k_last - kk
-        rd = (kk % 2) * lam_slot
-        wr = ((kk + 1) % 2) * lam_slot
-        t = k * TB + tt
-        tmask = t < L
-        mn = t + 1 < L
-        if B_VAR:
-            Bt = tl.load(B_row + t, mask=nmask & tmask, other=0.0)
-            dB_acc = tl.zeros([NP, TB], dtype=tl.float32)
-        if C_VAR:
-            Ct = tl.load(C_row + t, mask=nmask & tmask, other=0.0)
-            dC_acc = tl.zeros([NP, TB], dtype=tl.float32)
-        for j in range(0, G):
-            d = d0 + j
-            d64 = d.to(tl.int64)
-            Arow = tl.load(A_ptr + d * N + n, mask=nmask, other=0.0)
-            A2 = Arow * LOG2E
-            bias = 0.0
-            if HAS_BIAS:
-                bias = tl.load(bias_ptr + d)
-            dt_row = dt_ptr + b * s_tb + d64 * s_td
-            dt, x = _delta(dt_row, t, tmask, bias, HAS_BIAS, SOFTPLUS)
-            dtn, _ = _delta(dt_row, t + 1, mn, bias, HAS_BIAS, SOFTPLUS)
-            uu = tl.load(u_ptr + b * s_ub + d64 * s_ud + t, mask=tmask, other=0.0).to(tl.float32)
-            go = tl.load(g_ptr + b * s_gb + d64 * s_gd + t, mask=tmask, other=0.0).to(tl.float32)
-            if not B_VAR:
-                Bt = tl.load(B_ptr + d * N + n, mask=nmask, other=0.0)
-            if not C_VAR:
-                Ct = tl.load(C_ptr + d * N + n, mask=nmask, other=0.0)
-            # states of this tile, recomputed from the checkpoint at its start
-            a = tl.exp2(A2 * dt)
-            dtu = dt * uu
-            bx = Bt * dtu
-            h0 = tl.load(ck_ptr + (b * (n_ck + 1) + k) * dN + d * N + n, mask=nmask, other=0.0)
-            _, h = tl.associative_scan((a, tl.where(tt == 0, bx + a * h0, bx)), 1, _affine)
-            # gate
-            if HAS_D:
-                Dd = tl.load(D_ptr + d)
-            if HAS_Z:
-                y = tl.sum(h * Ct, axis=0, keep_dims=True)
-                if HAS_D:
-                    y += Dd * uu
-                zz = tl.load(z_ptr + b * s_zb + d64 * s_zd + t, mask=tmask, other=0.0).to(tl.float32)
-                sz = tl.sigmoid(zz)
-                gz = go * y * sz * (1.0 + zz * (1.0 - sz))
-                tl.store(dz_ptr + b * s_xb + d64 * s_xd + t, gz.to(dz_ptr.dtype.element_ty), mask=tmask)
-                dy = go * zz * sz
-            else:
-                dy = go
-            # adjoint lam_t = C_t dy_t + a_{t+1} lam_{t+1}: reverse scan with carry from the next tile
-            an = tl.exp2(A2 * dtn)
-            lc = tl.load(lam_row + rd + d * N, mask=nmask, other=0.0)
-            cx = Ct * dy
-            _, lam = tl.associative_scan((an, tl.where(tt == TB - 1, cx + an * lc, cx)), 1, _affine,
-                                         reverse=True)
-            tl.store(lam_row + wr + d * N, tl.sum(tl.where(tt == 0, lam, 0.0), axis=1, keep_dims=True),
-                     mask=nmask)
-            if HAS_INIT:
-                if k == 0:
-                    di = tl.sum(tl.where(tt == 0, a * lam, 0.0), axis=1, keep_dims=True)
-                    tl.store(dinit_ptr + b * dN + d * N + n, di, mask=nmask)
-            # gradients
-            if B_VAR:
-                dB_acc += lam * dtu
-            else:
-                tl.atomic_add(dB_ptr + d * N + n, tl.sum(lam * dtu, axis=1, keep_dims=True), mask=nmask)
-            if C_VAR:
-                dC_acc += h * dy
-            else:
-                tl.atomic_add(dC_ptr + d * N + n, tl.sum(h * dy, axis=1, keep_dims=True), mask=nmask)
-            lB = tl.sum(lam * Bt, axis=0, keep_dims=True)
-            w = lam * (h - bx)  # lam_t * a_t * h_{t-1}: the gradient of a_t times a_t
-            tl.atomic_add(dA_ptr + d * N + n, tl.sum(w * dt, axis=1, keep_dims=True), mask=nmask)
-            gdt = lB * uu + tl.sum(w * Arow, axis=0, keep_dims=True)
-            gu = lB * dt
-            if HAS_D:
-                gu += Dd * dy
-                tl.atomic_add(dD_ptr + d, tl.sum(dy * uu))
-            if SOFTPLUS:
-                gdt = gdt * tl.sigmoid(x)
-            gdt = tl.where(tmask, gdt, 0.0)
-            tl.store(du_ptr + b * s_xb + d64 * s_xd + t, gu.to(du_ptr.dtype.element_ty), mask=tmask)
-            tl.store(ddt_ptr + b * s_xb + d64 * s_xd + t, gdt.to(ddt_ptr.dtype.element_ty), mask=tmask)
-            if HAS_BIAS:
-                tl.atomic_add(dbias_ptr + d, tl.sum(gdt))
-        if B_VAR:
-            tl.store(dB_row + t, dB_acc, mask=nmask & tmask)
-        if C_VAR:
-            tl.store(dC_row + t, dC_acc, mask=nmask & tmask)
-        tl.debug_barrier()  # this tile's adjoint carries are read by the next one
+    dn2 = (d2 < dim) & (n2 < N)
+    d64 = d.to(tl.int64)
+    nmask2 = n2 < N
+    A2 = tl.load(A_ptr + d2 * N + n2, mask=dn2, other=0.0) * LOG2E
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0)
+    Dd = 0.0
+    if HAS_D:
+        Dd = tl.load(D_ptr + d, mask=dmask, other=0.0)
+    dt_row = dt_ptr + b * s_tb + d64 * s_td + tt
+    u_row = u_ptr + b * s_ub + d64 * s_ud + tt
+    z_row = z_ptr + b * s_zb + d64 * s_zd + tt
+    g_row = g_ptr + b * s_gb + d64 * s_gd + tt
+    du_row = du_ptr + b * s_xb + d64 * s_xd + tt
+    ddt_row = ddt_ptr + b * s_xb + d64 * s_xd + tt
+    dz_row = dz_ptr + b * s_xb + d64 * s_xd + tt
+    n_b = tl.num_programs(1)
+    d0 = pid_d * BD
+    # B/C rows: [NP, 4, ...] tiles for the forward rescan, [NP, 1] (or per channel [NP, BD] when
+    # the block holds several groups) single steps for the backward tiles
+    if GSUB_B < BD:
+        gb = tl.minimum(d // cpg_B, dim // cpg_B - 1)
+        B_row2 = B_ptr + b * s_Bb + tl.minimum(d2 // cpg_B, dim // cpg_B - 1) * s_Bg + n2
+    else:
+        gb = d0 // cpg_B
+        B_row2 = B_ptr + b * s_Bb + gb * s_Bg + n2
+    if GSUB_C < BD:
+        gc = tl.minimum(d // cpg_C, dim // cpg_C - 1)
+        C_row2 = C_ptr + b * s_Cb + tl.minimum(d2 // cpg_C, dim // cpg_C - 1) * s_Cg + n2
+    else:
+        gc = d0 // cpg_C
+        C_row2 = C_ptr + b * s_Cb + gc * s_Cg + n2
+    B_row = B_ptr + b * s_Bb + gb * s_Bg + tt * N + n
+    C_row = C_ptr + b * s_Cb + gc * s_Cg + tt * N + n
+    # partial dB/dC (parts, batch, groups, L, N): this program adds its channels of groups
+    # d0 // cpg + g (g < BD // GSUB) into part (d0 % cpg) // BD; [NP, GP] pointers at step 0
+    gB = tl.arange(0, GP_B)[None, :]
+    gC = tl.arange(0, GP_C)[None, :]
+    dB_row = dB_ptr + (((d0 % cpg_B) // BD * n_b + b) * (dim // cpg_B) + d0 // cpg_B + gB) * L * N + n2
+    dC_row = dC_ptr + (((d0 % cpg_C) // BD * n_b + b) * (dim // cpg_C) + d0 // cpg_C + gC) * L * N + n2
+    gmask_B = (gB < BD // GSUB_B) & (d0 + gB * GSUB_B < dim)
+    gmask_C = (gC < BD // GSUB_C) & (d0 + gC * GSUB_C < dim)
+    dl = tl.arange(0, BD)[:, None]
+    IND_B = tl.where(dl // GSUB_B == gB, 1.0, 0.0)  # [BD, GP]: channel -> group within the block
+    IND_C = tl.where(dl // GSUB_C == gC, 1.0, 0.0)
+    Bd = 0.0
+    if not B_VAR:
+        Bd = tl.load(B_ptr + d2 * N + n2, mask=dn2, other=0.0)
+    Cd = 0.0
+    if not C_VAR:
+        Cd = tl.load(C_ptr + d2 * N + n2, mask=dn2, other=0.0)
+    ck_row = ck_ptr + b * (n_ck + 1) * dim * N + d2 * N + n2  # + k * dim * N
+    # this program's scratch: the states entering the CKPT / 4 tiles of a block, [BD, NP] each
+    scr_row = scr_ptr + ((pid_d * n_b + b) * n_chunks + c).to(tl.int64) * (CKPT // 4) * BD * NP \
+        + (d2 - d0) * NP + n2
+    t_begin = c * CH
+    t_end = tl.minimum(t_begin + CH, L)
+    lam = tl.load(lam_ptr + ((b * n_chunks + c) * dim + d2) * N + n2, mask=dn2, other=0.0)
+    d_nx, _ = _load_delta(dt_row + t_end, (tt == 0) & (t_end < L) & dmask, bias, HAS_BIAS, SOFTPLUS)
+    a_nx = tl.exp2(A2 * tl.reshape(tl.sum(d_nx, axis=2), [1, BD]))
+    dA_acc = tl.zeros([NP, BD], dtype=tl.float32)
+    dBf = tl.zeros([NP, BD], dtype=tl.float32)
+    dCf = tl.zeros([NP, BD], dtype=tl.float32)
+    dD_acc = tl.zeros([1, BD, 4], dtype=tl.float32)
+    db_acc = tl.zeros([1, BD, 4], dtype=tl.float32)
+    n_blk = tl.cdiv(t_end - t_begin, CKPT)
+    for ib in range(0, n_blk):
+        s0 = t_begin + (n_blk - 1 - ib) * CKPT
+        s1 = tl.minimum(s0 + CKPT, t_end)
+        s_full = s0 + ((s1 - s0) // 4) * 4
+        h = tl.load(ck_row + (s0 // CKPT).to(tl.int64) * dim * N, mask=dn2, other=0.0)
+        # forward over the block: the state entering every tile goes to scratch
+        for t0 in range(s0, s_full, 4):
+            tl.store(scr_row + ((t0 - s0) // 4) * BD * NP, h)
+            h, _ = _fwd_tile(h, t0, tt >= 0, dmask, nmask, A2, bias, Bd, Cd, Dd, dt_row, u_row,
+                             z_row, z_row, B_row, C_row, N, False, True, HAS_Z, HAS_D, HAS_BIAS,
+                             SOFTPLUS, B_VAR, C_VAR)
+        if s_full < s1:
+            tl.store(scr_row + ((s_full - s0) // 4) * BD * NP, h)
+        tl.debug_barrier()
+        # backward over the block's tiles
+        if s_full < s1:
+            h = tl.load(scr_row + ((s_full - s0) // 4) * BD * NP)
+            h, lam, a_nx, dA_acc, dBf, dCf, pd, pb = _bwd_tile(
+                h, lam, a_nx, dA_acc, dBf, dCf, s_full, s1, dmask, nmask2, A2,
+                bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row, B_row2,
+                C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C, N, GSUB_B, GSUB_C,
+                SUM_MODE, True, HAS_Z, HAS_D, HAS_BIAS,
+                SOFTPLUS, B_VAR, C_VAR)
+            dD_acc += pd
+            db_acc += pb
+        n_t = (s_full - s0) // 4
+        for j in range(0, n_t):
+            t0 = s_full - 4 - 4 * j
+            h = tl.load(scr_row + ((t0 - s0) // 4) * BD * NP)
+            h, lam, a_nx, dA_acc, dBf, dCf, pd, pb = _bwd_tile(
+                h, lam, a_nx, dA_acc, dBf, dCf, t0, s1, dmask, nmask2, A2,
+                bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row, B_row2,
+                C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C, N, GSUB_B, GSUB_C,
+                SUM_MODE, False, HAS_Z, HAS_D, HAS_BIAS,
+                SOFTPLUS, B_VAR, C_VAR)
+            dD_acc += pd
+            db_acc += pb
+        tl.debug_barrier()  # scratch is rewritten by the next block
+    tl.atomic_add(dA_ptr + d2 * N + n2, dA_acc, mask=dn2)
+    if not B_VAR:
+        tl.atomic_add(dB_ptr + d2 * N + n2, dBf, mask=dn2)
+    if not C_VAR:
+        tl.atomic_add(dC_ptr + d2 * N + n2, dCf, mask=dn2)
+    if HAS_D:
+        tl.atomic_add(dD_ptr + d, tl.sum(dD_acc, axis=2, keep_dims=True), mask=dmask)
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + d, tl.sum(db_acc, axis=2, keep_dims=True), mask=dmask)
+    if HAS_INIT:
+        if c == 0:
+            tl.store(dinit_ptr + (b * dim + d2) * N + n2, a_nx * lam, mask=dn2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -407,13 +670,11 @@ def _bwd_kernel(
 @dataclass(frozen=True)
 class ScanConfig:
     """Launch shape. ``plan_config`` picks one per problem; tests pass their own to reach every path."""
-    T: int          # forward steps per register tile
     fwd_warps: int  # forward channels per program = 32 * fwd_warps
-    fwd_chunk: int  # forward chunk length (multiple of tile_b); L <= fwd_chunk means one pass
-    tile_b: int     # backward tile length = checkpoint spacing (power of 2)
-    G: int          # channels per backward program (divides the channels of a B/C group)
-    bwd_warps: int
-    bwd_chunk: int  # backward chunk length (multiple of tile_b)
+    fwd_chunk: int  # forward chunk length (multiple of ckpt); L <= fwd_chunk means a single pass
+    ckpt: int       # checkpoint spacing for the backward (multiple of 4)
+    bwd_warps: int  # backward channels per program = 32 * bwd_warps (fewer if B/C groups need it)
+    bwd_chunk: int  # backward chunk length (multiple of ckpt)
 
 
 def _sm_count(device) -> int:
@@ -422,33 +683,21 @@ def _sm_count(device) -> int:
     return 4  # interpreter: few programs run fastest
 
 
-def _pow2_divisor_at_most(x: int, cap: int) -> int:
-    g = 1
-    while g * 2 <= cap and x % (g * 2) == 0:
-        g *= 2
-    return g
+def _chunk(L, ckpt, programs_per_chunk, want_programs):
+    n_blocks = triton.cdiv(max(L, 1), ckpt)
+    n_chunks = max(1, min(n_blocks, want_programs // max(programs_per_chunk, 1)))
+    return triton.cdiv(n_blocks, n_chunks) * ckpt
 
 
-def plan_config(batch, dim, L, N, cpg, device) -> ScanConfig:
+def plan_config(batch, dim, L, N, device) -> ScanConfig:
     """Heuristic launch shape: enough programs to fill the GPU, fewest chunk passes."""
-    NP = triton.next_power_of_2(N)
-    T = max(1, min(8, 64 // NP))
     sms = _sm_count(device)
+    ckpt = 64 if L >= 65536 else 32
     fwd_warps = 4 if dim >= 128 else (2 if dim >= 64 else 1)
-    dblocks = triton.cdiv(dim, 32 * fwd_warps)
-    tile_b = 128
-    n_tiles = triton.cdiv(max(L, 1), tile_b)
-    # forward: ~16 warps per SM
-    want = max(1, (16 * sms) // (fwd_warps * dblocks * batch))
-    n_chunks = min(want, n_tiles)
-    fwd_chunk = triton.cdiv(n_tiles, n_chunks) * tile_b
-    # backward: G channels per program, the rest of the parallelism from chunks
-    bwd_warps = 4
-    G = _pow2_divisor_at_most(cpg, 16)
-    want = max(1, (6 * sms) // (batch * (dim // G)))
-    n_chunks = min(want, n_tiles)
-    bwd_chunk = triton.cdiv(n_tiles, n_chunks) * tile_b
-    return ScanConfig(T, fwd_warps, fwd_chunk, tile_b, G, bwd_warps, bwd_chunk)
+    fwd_chunk = _chunk(L, ckpt, batch * triton.cdiv(dim, 32 * fwd_warps), 4 * sms)
+    bwd_warps = 1
+    bwd_chunk = _chunk(L, ckpt, batch * triton.cdiv(dim, 32 * bwd_warps), 12 * sms)
+    return ScanConfig(fwd_warps, fwd_chunk, ckpt, bwd_warps, bwd_chunk)
 
 
 def _rows(x):
@@ -459,7 +708,7 @@ def _rows(x):
 class _Problem:
     """Validated shapes, fp32 parameter copies and the B/C layouts shared by forward and backward."""
 
-    def __init__(self, u, delta, A, B, C, D, z, delta_bias):
+    def __init__(self, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         if u.dim() != 3:
             raise ValueError(f"u must be (batch, dim, L), got shape {tuple(u.shape)}")
         self.batch, self.dim, self.L = u.shape
@@ -469,9 +718,11 @@ class _Problem:
             raise ValueError(f"A must be real (dim, N) = ({self.dim}, N), got {tuple(A.shape)}")
         self.N = A.shape[1]
         self.NP = triton.next_power_of_2(self.N)
+        self.softplus = bool(delta_softplus)
         self.A = A.detach().float().contiguous()
         self.B_var, self.Bf, self.gB = self._bc(B, "B")
         self.C_var, self.Cf, self.gC = self._bc(C, "C")
+        self.B_dtype, self.C_dtype = B.dtype, C.dtype
         self.cpg_B = self.dim // self.gB
         self.cpg_C = self.dim // self.gC
         self.D = None if D is None else D.detach().float().contiguous()
@@ -481,6 +732,7 @@ class _Problem:
                 raise ValueError(f"{name} must be ({self.dim},), got {tuple(v.shape)}")
 
     def _bc(self, X, name):
+        """fp32 copy: (dim, N) if time-invariant, else (batch, groups, L, N) (state-contiguous)."""
         if X.is_complex():
             raise ValueError(f"{name} must be real")
         if X.dim() == 2:
@@ -495,27 +747,38 @@ class _Problem:
         g = X.shape[1]
         if self.dim % g:
             raise ValueError(f"dim={self.dim} is not divisible by {name}'s groups={g}")
-        return True, X.detach().float().contiguous(), g
+        return True, X.detach().transpose(-1, -2).float().contiguous(), g
 
-    def config(self, device, cfg):
-        cpg = math.gcd(self.cpg_B if self.B_var else self.dim, self.cpg_C if self.C_var else self.dim)
-        cfg = cfg or plan_config(self.batch, self.dim, self.L, self.N, cpg, device)
-        if cpg % cfg.G or cfg.fwd_chunk % cfg.tile_b or cfg.bwd_chunk % cfg.tile_b:
-            raise ValueError(f"bad ScanConfig {cfg} for channels-per-group {cpg}")
-        return cfg
+    def bc_strides(self):
+        sB = self.Bf.stride() if self.B_var else (0, 0)
+        sC = self.Cf.stride() if self.C_var else (0, 0)
+        return sB[0], sB[1], sC[0], sC[1]
+
+    def bwd_block(self, warps):
+        """Channels per backward program and channels per group inside it (for the dB/dC sums)."""
+        cpgs = [g for g, var in ((self.cpg_B, self.B_var), (self.cpg_C, self.C_var)) if var]
+
+        def fits(bd):
+            return all(g % bd == 0 or (bd % g == 0 and g & (g - 1) == 0) for g in cpgs)
+        bd = 32 * warps
+        while bd > 1 and not fits(bd):
+            bd //= 2
+        gsub = [bd if (not var or g % bd == 0) else g
+                for g, var in ((self.cpg_B, self.B_var), (self.cpg_C, self.C_var))]
+        return bd, gsub[0], gsub[1]
 
 
-def _bc_strides(P):
-    sB = P.Bf.stride() if P.B_var else (0, 0, 0, 0)
-    sC = P.Cf.stride() if P.C_var else (0, 0, 0, 0)
-    return sB[0], sB[1], sB[2], sC[0], sC[1], sC[2]
+def _check_config(cfg):
+    if cfg.ckpt % 4 or cfg.fwd_chunk % cfg.ckpt or cfg.bwd_chunk % cfg.ckpt:
+        raise ValueError(f"bad ScanConfig {cfg}: ckpt must be a multiple of 4 and divide the chunks")
 
 
-def _forward(P, u, delta, z, initial_state, cfg):
+def _forward(P, u, delta, z, initial_state, cfg, ckpt):
+    """ckpt: checkpoint spacing; cfg.ckpt when a backward follows, else the chunk length."""
     batch, dim, L, N, NP = P.batch, P.dim, P.L, P.N, P.NP
     dev = u.device
     out = torch.empty((batch, dim, L), device=dev, dtype=u.dtype)
-    n_ck = triton.cdiv(L, cfg.tile_b)
+    n_ck = triton.cdiv(L, ckpt)
     ck = torch.empty((batch, n_ck + 1, dim, N), device=dev, dtype=torch.float32)
     if initial_state is None:
         ck[:, 0].zero_()
@@ -524,32 +787,30 @@ def _forward(P, u, delta, z, initial_state, cfg):
     if L == 0:
         ck[:, n_ck].copy_(ck[:, 0])
         return out, ck
-    BLOCK_D = 32 * cfg.fwd_warps
+    BD = 32 * cfg.fwd_warps
     n_chunks = triton.cdiv(L, cfg.fwd_chunk)
     dummy = P.A
     zz = z if z is not None else u
     common = dict(
-        N=N, NP=NP, BLOCK_D=BLOCK_D, T=cfg.T, HAS_Z=z is not None, HAS_D=P.D is not None,
-        HAS_BIAS=P.bias is not None, B_VAR=P.B_var, C_VAR=P.C_var,
+        N=N, NP=NP, BD=BD, HAS_Z=z is not None, HAS_D=P.D is not None, HAS_BIAS=P.bias is not None,
+        SOFTPLUS=P.softplus, B_VAR=P.B_var, C_VAR=P.C_var,
         B_GRP=P.B_var and P.gB > 1, C_GRP=P.C_var and P.gC > 1, num_warps=cfg.fwd_warps)
     args = (u, delta, zz, out, P.A, P.Bf, P.Cf, dummy if P.D is None else P.D,
             dummy if P.bias is None else P.bias)
     strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
-               out.stride(0), out.stride(1), *_bc_strides(P))
-    sizes = (L, dim, P.cpg_B, P.cpg_C, cfg.fwd_chunk, cfg.tile_b, n_ck)
+               out.stride(0), out.stride(1), *P.bc_strides())
+    sizes = (L, dim, P.cpg_B, P.cpg_C, cfg.fwd_chunk, ckpt, n_ck)
     if n_chunks > 1:
         hloc = torch.empty((batch, n_chunks, dim, N), device=dev, dtype=torch.float32)
         sdt = torch.empty((batch, n_chunks, dim), device=dev, dtype=torch.float32)
-        grid = (triton.cdiv(dim, BLOCK_D), batch, n_chunks - 1)
-        _fwd_kernel[grid](*args, ck, hloc, sdt, *strides, *sizes, STATE_ONLY=True,
-                          SOFTPLUS=P.softplus, **common)
+        grid = (triton.cdiv(dim, BD), batch, n_chunks - 1)
+        _fwd_kernel[grid](*args, ck, hloc, sdt, *strides, *sizes, STATE_ONLY=True, **common)
         BLOCK = 256
         _fwd_combine_kernel[(triton.cdiv(dim * N, BLOCK), batch)](
-            ck, hloc, sdt, P.A, dim, n_ck, n_chunks, cfg.fwd_chunk // cfg.tile_b, N=N, BLOCK=BLOCK,
+            ck, hloc, sdt, P.A, dim, n_ck, n_chunks, cfg.fwd_chunk // ckpt, N=N, BLOCK=BLOCK,
             num_warps=4)
-    grid = (triton.cdiv(dim, BLOCK_D), batch, n_chunks)
-    _fwd_kernel[grid](*args, ck, ck, ck, *strides, *sizes, STATE_ONLY=False, SOFTPLUS=P.softplus,
-                      **common)
+    grid = (triton.cdiv(dim, BD), batch, n_chunks)
+    _fwd_kernel[grid](*args, ck, ck, ck, *strides, *sizes, STATE_ONLY=False, **common)
     return out, ck
 
 
@@ -563,66 +824,71 @@ def _backward(P, u, delta, z, dout, ck, dlast, need_dinit, cfg):
     dA = torch.zeros((dim, N), **f32)
     dD = torch.zeros((dim,), **f32) if P.D is not None else None
     dbias = torch.zeros((dim,), **f32) if P.bias is not None else None
-    dinit = torch.zeros((batch, dim, N), **f32) if need_dinit else None
-    G = cfg.G
-    if P.B_var:
-        dB = torch.empty((P.cpg_B // G, batch, P.gB, N, L), **f32)
-    else:
-        dB = torch.zeros((dim, N), **f32)
-    if P.C_var:
-        dC = torch.empty((P.cpg_C // G, batch, P.gC, N, L), **f32)
-    else:
-        dC = torch.zeros((dim, N), **f32)
-    n_ck = triton.cdiv(L, cfg.tile_b)
+    dinit = torch.empty((batch, dim, N), **f32) if need_dinit else None
+    BD, gsub_B, gsub_C = P.bwd_block(cfg.bwd_warps)
+    # channel sums for dB/dC: tensor cores when the tile is big enough for tl.dot. Plain tf32
+    # (2^-11 per term) only for bf16 B/C, whose own rounding is 2^-8; fp16/fp32 get the hi/lo
+    # split, exact to fp32 (a tf32 sum failed fp16's 3e-3 tolerance at L = 2048)
+    wide = any(var and dt != torch.bfloat16
+               for var, dt in ((P.B_var, P.B_dtype), (P.C_var, P.C_dtype)))
+    sum_mode = 0 if (NP < 16 or BD < 16) else (2 if wide else 1)
+    gp_B = BD // gsub_B if sum_mode == 0 else max(16, BD // gsub_B)
+    gp_C = BD // gsub_C if sum_mode == 0 else max(16, BD // gsub_C)
+    dB = (torch.empty((max(P.cpg_B // BD, 1), batch, P.gB, L, N), **f32) if P.B_var
+          else torch.zeros((dim, N), **f32))
+    dC = (torch.empty((max(P.cpg_C // BD, 1), batch, P.gC, L, N), **f32) if P.C_var
+          else torch.zeros((dim, N), **f32))
+    n_ck = triton.cdiv(L, cfg.ckpt)
     n_chunks = triton.cdiv(L, cfg.bwd_chunk)
-    lam = torch.empty((2, batch, n_chunks, dim, N), **f32)
+    lam = torch.empty((batch, n_chunks, dim, N), **f32)
     if dlast is None:
-        lam[0, :, n_chunks - 1].zero_()
+        lam[:, n_chunks - 1].zero_()
     else:
-        lam[0, :, n_chunks - 1].copy_(dlast)
+        lam[:, n_chunks - 1].copy_(dlast)
     zz = z if z is not None else u
     dummy = P.A
+    bias = dummy if P.bias is None else P.bias
     if n_chunks > 1:
-        BLOCK_D = 32 * cfg.fwd_warps
+        BDs = 32 * cfg.fwd_warps
         lloc = torch.empty((batch, n_chunks, dim, N), **f32)
         sdt = torch.empty((batch, n_chunks, dim), **f32)
-        sC = _bc_strides(P)[3:]
-        _bwd_state_kernel[(triton.cdiv(dim, BLOCK_D), batch, n_chunks - 1)](
-            delta, zz, dout, P.A, P.Cf, dummy if P.bias is None else P.bias, lloc, sdt,
+        _bwd_state_kernel[(triton.cdiv(dim, BDs), batch, n_chunks - 1)](
+            delta, zz, dout, P.A, P.Cf, bias, lloc, sdt,
             delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1), dout.stride(0),
-            dout.stride(1), *sC, L, dim, P.cpg_C, cfg.bwd_chunk,
-            N=N, NP=NP, BLOCK_D=BLOCK_D, T=cfg.T, HAS_Z=z is not None,
-            HAS_BIAS=P.bias is not None, SOFTPLUS=P.softplus, C_VAR=P.C_var,
-            C_GRP=P.C_var and P.gC > 1, num_warps=cfg.fwd_warps)
+            dout.stride(1), *P.bc_strides()[2:], L, dim, P.cpg_C, cfg.bwd_chunk,
+            N=N, NP=NP, BD=BDs, HAS_Z=z is not None, HAS_BIAS=P.bias is not None,
+            SOFTPLUS=P.softplus, C_VAR=P.C_var, C_GRP=P.C_var and P.gC > 1,
+            num_warps=cfg.fwd_warps)
         BLOCK = 256
         _bwd_combine_kernel[(triton.cdiv(dim * N, BLOCK), batch)](
-            lam[0], lloc, sdt, P.A, dim, n_chunks, N=N, BLOCK=BLOCK, num_warps=4)
-    grid = (dim // G, batch, n_chunks)
-    _bwd_kernel[grid](
-        u, delta, zz, dout, P.A, P.Bf, P.Cf, dummy if P.D is None else P.D,
-        dummy if P.bias is None else P.bias, ck, lam,
+            lam, lloc, sdt, P.A, dim, n_chunks, N=N, BLOCK=BLOCK, num_warps=4)
+    n_dblk = triton.cdiv(dim, BD)
+    scratch = torch.empty((n_dblk * batch * n_chunks * (cfg.ckpt // 4) * BD * NP,), **f32)
+    _bwd_kernel[(n_dblk, batch, n_chunks)](
+        u, delta, zz, dout, P.A, P.Bf, P.Cf, dummy if P.D is None else P.D, bias, ck, lam, scratch,
         du, ddelta, dz if dz is not None else du, dA, dB, dC,
         dD if dD is not None else dA, dbias if dbias is not None else dA,
         dinit if dinit is not None else dA,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
-        dout.stride(0), dout.stride(1), dim * L, L, *_bc_strides(P),
-        L, dim, P.cpg_B, P.cpg_C, G, cfg.bwd_chunk // cfg.tile_b, n_ck,
-        N=N, NP=NP, TB=cfg.tile_b, HAS_Z=z is not None, HAS_D=P.D is not None,
-        HAS_BIAS=P.bias is not None, SOFTPLUS=P.softplus, B_VAR=P.B_var, C_VAR=P.C_var,
-        HAS_INIT=need_dinit, num_warps=cfg.bwd_warps)
-    if P.B_var:
-        dB = dB.sum(0) if dB.shape[0] > 1 else dB[0]
+        dout.stride(0), dout.stride(1), dim * L, L, *P.bc_strides(),
+        L, dim, P.cpg_B, P.cpg_C, cfg.bwd_chunk, cfg.ckpt, n_ck,
+        N=N, NP=NP, BD=BD, GSUB_B=gsub_B, GSUB_C=gsub_C, GP_B=gp_B, GP_C=gp_C, SUM_MODE=sum_mode,
+        HAS_Z=z is not None,
+        HAS_D=P.D is not None, HAS_BIAS=P.bias is not None, SOFTPLUS=P.softplus, B_VAR=P.B_var,
+        C_VAR=P.C_var, HAS_INIT=need_dinit, num_warps=max(1, BD // 32))
+    if P.B_var:  # partial sums over channel blocks -> (batch, groups, N, L)
+        dB = (dB.sum(0) if dB.shape[0] > 1 else dB[0]).transpose(-1, -2)
     if P.C_var:
-        dC = dC.sum(0) if dC.shape[0] > 1 else dC[0]
+        dC = (dC.sum(0) if dC.shape[0] > 1 else dC[0]).transpose(-1, -2)
     return du, ddelta, dz, dA, dB, dC, dD, dbias, dinit
 
 
 class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cfg):
-        P = _Problem(u, delta, A, B, C, D, z, delta_bias)
-        P.softplus = bool(delta_softplus)
-        cfg = P.config(u.device, cfg)
+        P = _Problem(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        cfg = cfg or plan_config(P.batch, P.dim, P.L, P.N, u.device)
+        _check_config(cfg)
         u, delta, z = _rows(u), _rows(delta), _rows(z)
         init = None
         if initial_state is not None:
@@ -630,7 +896,9 @@ class _SelectiveScanFn(torch.autograd.Function):
                 raise ValueError(f"initial_state must be ({P.batch}, {P.dim}, {P.N}), "
                                  f"got {tuple(initial_state.shape)}")
             init = initial_state.detach().float()
-        out, ck = _forward(P, u, delta, z, init, cfg)
+        # without a backward to feed, only the chunk starts need checkpoints
+        grad = any(ctx.needs_input_grad[:8]) or ctx.needs_input_grad[9]
+        out, ck = _forward(P, u, delta, z, init, cfg, cfg.ckpt if grad else cfg.fwd_chunk)
         last_state = ck[:, -1].clone()
         ctx.save_for_backward(u, delta, z, ck)
         ctx.P, ctx.cfg = P, cfg
@@ -651,11 +919,9 @@ class _SelectiveScanFn(torch.autograd.Function):
             P, u, delta, z, dout, ck, None if dlast is None else dlast.float(), need_dinit, cfg)
         tA, tB, tC, tD, tbias, tinit = ctx.dtypes
         Bs, Cs = ctx.shapes
-        dB = dB.reshape(Bs).to(tB)
-        dC = dC.reshape(Cs).to(tC)
-        return (du, ddelta, dA.to(tA), dB, dC, None if dD is None else dD.to(tD),
-                dz, None if dbias is None else dbias.to(tbias), None,
-                None if dinit is None else dinit.to(tinit), None)
+        return (du, ddelta, dA.to(tA), dB.reshape(Bs).to(tB), dC.reshape(Cs).to(tC),
+                None if dD is None else dD.to(tD), dz, None if dbias is None else dbias.to(tbias),
+                None, None if dinit is None else dinit.to(tinit), None)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

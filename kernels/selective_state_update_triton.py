@@ -51,6 +51,7 @@ def _ssu_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb
     s_ptrs = state_ptr + b * ss_b + d[:, None] * ss_d + n[None, :] * ss_n
     s = tl.load(s_ptrs, mask=m2, other=0.0).to(tl.float32)
     s = s * tl.exp(dt[:, None] * A) + (dt * x)[:, None] * Bv
+    tl.debug_barrier()  # every warp has read the old state before any writes the new one
     tl.store(s_ptrs, s.to(state_ptr.dtype.element_ty), mask=m2)
     y = tl.sum(s * Cv, axis=1)
     if HAS_D:

@@ -210,17 +210,23 @@ def _tiny_lm(**overrides):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("overrides", [{}, {"d_conv": 3, "bias": True, "d_state": 12, "d_model": 72}])
-def test_fused_decode_step_matches_model_step(overrides):
+@pytest.mark.parametrize("overrides,blocks", [
+    ({}, (16, 32)),
+    ({"d_conv": 3, "bias": True, "d_state": 12, "d_model": 72}, (16, 32)),
+    # default blocks at d_model 128: tensors replicated across warps, which once exposed an
+    # in-place read/write race on the conv state from the third step on
+    ({"d_model": 128, "n_layer": 3}, (32, 64)),
+])
+def test_fused_decode_step_matches_model_step(overrides, blocks):
     from seqmamba.kernels.mamba_decode_triton import FusedMambaStep
     torch.manual_seed(3)
     model = _tiny_lm(**overrides).cuda().eval()
     batch = 3
     cache_ref, cache = model.allocate_cache(batch), model.allocate_cache(batch)
-    fused = FusedMambaStep(model, batch, block_in=16, block_ssm=32)
+    fused = FusedMambaStep(model, batch, block_in=blocks[0], block_ssm=blocks[1])
     ids = torch.randint(0, model.config.vocab_size, (batch,), device="cuda")
     with torch.inference_mode():
-        for _ in range(6):
+        for _ in range(12):
             ref = model.step(ids, cache_ref)
             got = fused(ids, cache)
             assert got.shape == ref.shape and rel_err(got, ref) < 1e-4
@@ -250,6 +256,35 @@ def test_graphed_step_and_generate_match_eager(fused):
     for k in (1, 3):
         greedy = GraphedStep(model, 2, fused=fused, temperature=0, steps_per_replay=k)
         assert torch.equal(greedy.generate(prompt, 40), want)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_sampling_in_head_kernel_equals_separate_sampler():
+    """The head kernel's last program samples the row: it must see every program's logits."""
+    from seqmamba.kernels.mamba_decode_triton import FusedMambaStep
+    torch.manual_seed(6)
+    model = _tiny_lm(vocab_size=300).cuda().eval()
+    batch = 4
+    a, b = FusedMambaStep(model, batch), FusedMambaStep(model, batch)
+    assert triton_cdiv(300, a.block_v) > 1  # several programs per row
+    cache_a, cache_b = model.allocate_cache(batch), model.allocate_cache(batch)
+    ids_a = torch.randint(0, 300, (batch,), device="cuda")
+    ids_b = ids_a.clone()
+    tok_a, tok_b = (torch.zeros(batch, 30, dtype=torch.long, device="cuda") for _ in range(2))
+    cnt_a, cnt_b = (torch.zeros(batch, dtype=torch.int32, device="cuda") for _ in range(2))
+    with torch.inference_mode():
+        for step in range(30):
+            temperature = 0.0 if step % 3 == 0 else 0.9
+            a(ids_a, cache_a, (ids_a, tok_a, cnt_a, temperature, 7))
+            b(ids_b, cache_b)
+            b.sample(ids_b, tok_b, cnt_b, temperature, 7)
+    assert torch.equal(tok_a, tok_b) and torch.equal(cnt_a, cnt_b)
+    assert not bool(a.arrive.any())
+
+
+def triton_cdiv(a, b):
+    return -(-a // b)
 
 
 @pytest.mark.gpu
@@ -355,6 +390,10 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
             ids = ref.argmax(-1)
         fused.sample(ids, torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, dtype=torch.int32), 0.0, 0)
         assert torch.equal(ids, fused.logits.argmax(-1)), "greedy sampling kernel"
+        fused.block_v = 4  # several head programs per row: the last one to finish samples
+        fused(ids, cache, (ids, torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, dtype=torch.int32),
+                           0.0, 0))
+        assert torch.equal(ids, fused.logits.argmax(-1)), "sampling in the head kernel"
     print("INTERPRETER-OK")
 """)
 

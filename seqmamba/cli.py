@@ -18,7 +18,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Mamba models for DNA and audio: pretrain, fine-tune, classify, embed, score, generate.")
 
 # Task modules that add verbs; each must define register(app: typer.Typer).
-TASK_MODULES: list[str] = ["generate", "classify", "embed", "probe", "finetune"]
+TASK_MODULES: list[str] = ["generate", "classify", "embed", "probe", "finetune", "pretrain", "evaluate", "score", "data_cmd", "audio_eval"]
 
 
 def _version_callback(value: bool):

@@ -140,20 +140,25 @@ def test_indexed_plain_uses_pyfaidx_and_never_writes_beside_the_data(tmp_path):
 
 def test_indexed_gzip_bgzip_and_ragged_lines_agree(tmp_path, monkeypatch):
     body = b">c1 d\n" + b"ACGTACGTAC\n" * 5 + b">c2\nacgtnn\n"
-    ragged = b">c1 d\nACGTACG\nTACACGTACGTACGTACGTACGTACGTACGTACGTACGTACGTAC\n>c2\nacgtnn\n"
+    seq = b"ACGTACGTAC" * 5
+    ragged = b">c1 d\n" + seq[:7] + b"\n" + seq[7:] + b"\n>c2\nacgtnn\n"  # last line longer
     expect = {"c1": 50, "c2": 6}
     gz = IndexedFasta(write(tmp_path / "a.fa.gz", gzip.compress(body)))
     bgz = IndexedFasta(bgzip(body, tmp_path / "b.fa.gz"))
-    rag = IndexedFasta(write(tmp_path / "r.fa", ragged))  # unequal lines: read into memory
-    assert gz._memory is not None and bgz._memory is None and rag._memory is not None
-    for fa in (gz, bgz, rag):
+    short_mid = b">c1 d\n" + seq[:10] + b"\n" + seq[10:15] + b"\n" + seq[15:] + b"\n>c2\nacgtnn\n"
+    # Lines of unequal length cannot be indexed: such files are read into memory.
+    rag = IndexedFasta(write(tmp_path / "r.fa", ragged))
+    mid = IndexedFasta(write(tmp_path / "m.fa", short_mid))
+    assert gz._memory is not None and bgz._memory is None
+    assert rag._memory is not None and mid._memory is not None
+    for fa in (gz, bgz, rag, mid):
         assert fa.lengths == expect
-        assert fa.fetch("c1", 3, 12) == "TACGTACGT"
+        assert fa.fetch("c1", 3, 12) == "TACGTACAC"
         assert fa.fetch("c2", 2, 6) == "GTNN"
     # Big plain-gzip genomes are decompressed once into the cache and indexed there.
     monkeypatch.setenv("SEQMAMBA_GZIP_IN_MEMORY_MB", "0")
     big = IndexedFasta(tmp_path / "a.fa.gz")
-    assert big._memory is None and big.fetch("c1", 3, 12) == "TACGTACGT"
+    assert big._memory is None and big.fetch("c1", 3, 12) == "TACGTACAC"
 
 
 def test_indexed_rejects_bad_files(tmp_path):

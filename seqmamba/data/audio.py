@@ -16,6 +16,7 @@ gives one short window, padded by the collate function and masked in the loss).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -23,9 +24,14 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from ..config import ConfigError, ModelConfig, TypedConfig
+from ..training.config import OptimConfig, ScheduleConfig, TrainerConfig, build_recipe, dump_recipe
+
 __all__ = [
     "AUDIO_EXTENSIONS", "AudioDataError", "AudioFolder", "AudioSplit", "SkippedFile",
     "split_files", "AudioLMSource", "AudioWindowDataset", "KNOWN_DATASETS", "missing_dataset_message",
+    "AudioDataConfig", "AudioEvalConfig", "AudioGenerateConfig", "AudioPretrainRecipe",
+    "is_audio_recipe", "build_audio_recipe", "build_audio_pretraining", "audio_pretrain",
 ]
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
@@ -109,7 +115,7 @@ class AudioFolder:
                 wave, _ = load_audio(path, sample_rate)
             except AudioError as e:
                 reason = "empty" if "no audio samples" in str(e) else "corrupt"
-                skipped.append(SkippedFile(rel, reason, str(e)))
+                skipped.append(SkippedFile(rel, reason, str(e).replace(f"{path}: ", "")))
                 continue
             if wave.numel() < 2:
                 skipped.append(SkippedFile(rel, "empty", f"{wave.numel()} sample"))
@@ -234,3 +240,234 @@ class AudioWindowDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"input_ids": self.split.window(int(self.files[i]), int(self.starts[i]), self.seq_len)}
+
+
+# ---- plugging audio into the training engine ---------------------------------------------------
+# `seqmamba pretrain RECIPE` sends recipes whose data section names an `audio_dir` here: the
+# model, trainer, optim and schedule sections are the shared ones; only the data differs, and
+# after training the run is evaluated (bits/sample, baselines) and, with a `generate` section,
+# sample clips are written.
+
+
+DEFAULT_AUDIO_TOKENIZER = {"name": "mulaw", "bits": 8}
+
+
+@dataclass
+class AudioDataConfig(TypedConfig):
+    _config_prefix = "data"
+
+    audio_dir: str                     # folder of WAV/FLAC/OGG files (searched recursively)
+    dataset: Optional[str] = None      # a KNOWN_DATASETS name: how to get the files when missing
+    sample_rate: int = 16000
+    split_seed: int = 0                # seed of the file-level train/valid/test split
+    random_shift: bool = True          # shift training windows within each file's leftover
+    eval_seq_len: Optional[int] = None  # validation window length (default: the last stage's)
+    max_valid_windows: Optional[int] = 64
+
+    def validate(self, prefix: str) -> None:
+        if self.sample_rate < 1000:
+            raise ConfigError(f"{prefix}.sample_rate: must be >= 1000, got {self.sample_rate}")
+        if self.eval_seq_len is not None and self.eval_seq_len < 2:
+            raise ConfigError(f"{prefix}.eval_seq_len: must be >= 2, got {self.eval_seq_len}")
+        if self.max_valid_windows is not None and self.max_valid_windows < 1:
+            raise ConfigError(f"{prefix}.max_valid_windows: must be >= 1 or null")
+        if self.dataset is not None and self.dataset not in KNOWN_DATASETS:
+            raise ConfigError(f"{prefix}.dataset: one of {', '.join(KNOWN_DATASETS)} or null, "
+                              f"got {self.dataset!r}")
+
+
+@dataclass
+class AudioEvalConfig(TypedConfig):
+    """Scoring after training: bits/sample on a held-out split at several lengths."""
+
+    _config_prefix = "eval"
+
+    enabled: bool = True
+    split: str = "test"
+    seq_lens: Optional[list[int]] = None  # default: the training length and 4x it
+    max_windows: int = 32
+
+    def validate(self, prefix: str) -> None:
+        if self.split not in ("valid", "test"):
+            raise ConfigError(f"{prefix}.split: valid or test, got {self.split!r}")
+        for i, n in enumerate(self.seq_lens or []):
+            if n < 2:
+                raise ConfigError(f"{prefix}.seq_lens[{i}]: must be >= 2, got {n}")
+        if self.max_windows < 1:
+            raise ConfigError(f"{prefix}.max_windows: must be >= 1, got {self.max_windows}")
+
+
+@dataclass
+class AudioGenerateConfig(TypedConfig):
+    """Clips sampled from the exported model after training (run folder ``samples/``)."""
+
+    _config_prefix = "generate"
+
+    num: int = 1
+    seconds: float = 1.0
+    temperature: float = 1.0
+    top_p: Optional[float] = None
+    prompt_seconds: Optional[float] = None  # continue the start of a held-out test file
+    batch_size: int = 8
+    seed: int = 0
+
+    def validate(self, prefix: str) -> None:
+        if self.num < 1 or self.batch_size < 1:
+            raise ConfigError(f"{prefix}.num and batch_size: must be >= 1")
+        if not self.seconds > 0:
+            raise ConfigError(f"{prefix}.seconds: must be > 0, got {self.seconds}")
+        if self.temperature < 0:
+            raise ConfigError(f"{prefix}.temperature: must be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"{prefix}.top_p: must be in (0, 1], got {self.top_p}")
+        if self.prompt_seconds is not None and not self.prompt_seconds > 0:
+            raise ConfigError(f"{prefix}.prompt_seconds: must be > 0, got {self.prompt_seconds}")
+
+
+@dataclass
+class AudioPretrainRecipe(TypedConfig):
+    model: ModelConfig
+    data: AudioDataConfig
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    eval: AudioEvalConfig = field(default_factory=AudioEvalConfig)
+    generate: Optional[AudioGenerateConfig] = None
+    name: str = "audio"
+    seed: int = 0
+
+    def validate(self, prefix: str) -> None:
+        if self.model.head != "lm":
+            raise ConfigError(f"model.head: audio pretraining trains a language model, got "
+                              f"{self.model.head!r}")
+        tok = (self.model.tokenizer or {}).get("name")
+        if tok != "mulaw":
+            raise ConfigError(f"model.tokenizer: audio data needs the mulaw tokenizer, got {tok!r}")
+        if not self.name or any(c in self.name for c in "/\\"):
+            raise ConfigError(f"name: must be a plain folder-name prefix, got {self.name!r}")
+
+
+def is_audio_recipe(data: dict) -> bool:
+    """Whether a recipe dict (before checking) describes audio training."""
+    section = data.get("data") if isinstance(data, dict) else None
+    return isinstance(section, dict) and "audio_dir" in section
+
+
+def build_audio_recipe(data: dict, path=None) -> AudioPretrainRecipe:
+    """A checked AudioPretrainRecipe from a merged recipe dict (mu-law tokenizer by default)."""
+    from ..training.recipe import _fill_tokenizer
+
+    if path is not None and "name" not in data:
+        data["name"] = Path(path).stem
+    model = data.get("model")
+    if isinstance(model, dict):
+        model.setdefault("tokenizer", dict(DEFAULT_AUDIO_TOKENIZER))
+    _fill_tokenizer(data)
+    return build_recipe(AudioPretrainRecipe, data)
+
+
+def build_audio_pretraining(recipe: AudioPretrainRecipe, echo: Callable[[str], None] = print):
+    """(module, datamodule, folder, plan) for an audio recipe; checks the data against the plan."""
+    import lightning as L
+
+    from ..heads import build_model
+    from ..tokenizers import tokenizer_from_config
+    from ..training.datamodule import StagedDataModule
+    from ..training.engine import world_size
+    from ..training.module import SeqMambaModule
+    from ..training.objectives import LMObjective
+    from ..training.plan import StagePlan
+
+    t, data = recipe.trainer, recipe.data
+    plan = StagePlan(recipe.schedule.stages, t.max_steps, t.tokens_per_step, t.micro_batch_tokens,
+                     world_size(t))
+    tokenizer = tokenizer_from_config(recipe.model.tokenizer)
+    folder = AudioFolder.load(data.audio_dir, data.sample_rate, tokenizer.bits, data.dataset)
+    splits = folder.splits(data.split_seed)
+    source = AudioLMSource(splits["train"], data.random_shift)
+    eval_len = data.eval_seq_len or plan.final_seq_len
+    valid = AudioWindowDataset(splits["valid"], eval_len, data.max_valid_windows)
+    micro_tokens = plan.tokens_per_step // plan.world_size // plan.accumulate
+    valid_batch = max(micro_tokens // eval_len, 1)
+
+    L.seed_everything(recipe.seed, verbose=False)
+    model = build_model(recipe.model, tokenizer=tokenizer)
+    module = SeqMambaModule(model, LMObjective(tokenizer.pad_id), recipe.optim, recipe.schedule, plan)
+    datamodule = StagedDataModule(source, plan, recipe.seed, tokenizer.pad_id, valid, valid_batch,
+                                  t.num_workers)
+    return module, datamodule, folder, splits
+
+
+def audio_pretrain(recipe: AudioPretrainRecipe, resume_dir=None, callbacks=(),
+                   echo: Callable[[str], None] = print):
+    """Train (or resume) an audio LM, then on rank 0 score the held-out split
+    (``audio_eval.json``) and, with a ``generate`` section, write clips to ``samples/``."""
+    import json
+
+    from ..training.engine import fit, make_run_dir
+
+    module, datamodule, folder, splits = build_audio_pretraining(recipe, echo)
+    run_dir = Path(resume_dir) if resume_dir is not None else \
+        make_run_dir(recipe.trainer.runs_dir, recipe.name)
+    is_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0 and \
+        int(os.environ.get("NODE_RANK", "0")) == 0
+    plan = module.plan
+    if is_zero:
+        dump_recipe(recipe, run_dir / "recipe.yaml")
+        m = recipe.model
+        echo(f"{'resuming' if resume_dir is not None else 'run folder'}: {run_dir}")
+        echo(f"model: {module.model.num_parameters():,} parameters ({m.backbone} backbone, "
+             f"d_model {m.d_model}, {m.n_layer} Mamba blocks"
+             + (f", pools {m.unet.get('pool')}" if m.backbone == "unet" and m.unet else "") + ")")
+        echo(folder.report())
+        echo(f"split by file (seed {recipe.data.split_seed}): "
+             + ", ".join(f"{k} {len(s.names)} files / {s.total_samples / folder.sample_rate / 60:.1f} min"
+                         for k, s in splits.items()))
+        echo(f"{datamodule.train_source.size(plan.stages[0].seq_len):,} training windows at "
+             f"{plan.stages[0].seq_len}; {len(datamodule.valid)} validation windows")
+        for line in plan.describe():
+            echo(line)
+    result = fit(module, datamodule, recipe.trainer, run_dir, resume=resume_dir is not None,
+                 callbacks=callbacks, echo=echo)
+    if not is_zero:
+        return result
+
+    from ..tasks.audio_eval import (evaluate_audio_model, format_report, format_samples,
+                                    sample_statistics)
+
+    model = module.model.eval()
+    report: dict = {}
+    if recipe.eval.enabled:
+        lens = recipe.eval.seq_lens or [plan.final_seq_len, 4 * plan.final_seq_len]
+        report = evaluate_audio_model(model, recipe.data.audio_dir, lens, recipe.eval.split,
+                                      recipe.data.split_seed, folder.sample_rate,
+                                      recipe.eval.max_windows, folder=folder)
+        echo(format_report(report))
+    if recipe.generate is not None:
+        from ..tasks.generate import run_generate
+
+        g = recipe.generate
+        prompt = None
+        if g.prompt_seconds is not None:
+            test = splits["test"]
+            n = int(round(g.prompt_seconds * folder.sample_rate))
+            codes = max(test.codes, key=len)
+            if len(codes) < n:
+                raise ConfigError(f"generate.prompt_seconds: no test file is {g.prompt_seconds:g} s long")
+            from ..audio_io import save_audio
+            prompt = str(run_dir / "prompt.wav")
+            save_audio(prompt, model.tokenizer.decode(torch.from_numpy(codes[:n].astype(np.int64))),
+                       folder.sample_rate, subtype="PCM_16")
+        samples = run_dir / "samples"
+        run_generate(str(result.export), str(samples), seconds=g.seconds, num=g.num,
+                     temperature=g.temperature, top_p=g.top_p, prompt=prompt,
+                     batch_size=g.batch_size, seed=g.seed, device=str(model.device),
+                     sample_rate=folder.sample_rate, overwrite=True,
+                     progress=sys.stderr.isatty(), echo=echo)
+        if report:
+            report["samples"] = sample_statistics(str(samples), splits[recipe.eval.split],
+                                                  folder.sample_rate, folder.bits)
+            echo(format_samples(report["samples"]))
+    if report:
+        (run_dir / "audio_eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    return result

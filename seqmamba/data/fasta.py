@@ -219,6 +219,23 @@ def _gzip_in_memory_limit() -> int:
     return int(float(os.environ.get("SEQMAMBA_GZIP_IN_MEMORY_MB", "256")) * 2**20)
 
 
+def _index_matches_file(path: Path, fa) -> bool:
+    """Check every record of a .fai against the file: right after the last base the indexed
+    layout predicts, there must be only line breaks and then the next '>' or the end of file."""
+    with open(path, "rb") as fh:
+        for rec in fa.faidx.index.values():
+            if rec.rlen == 0:
+                continue
+            full, rest = divmod(rec.rlen, rec.lenc)
+            end = rec.offset + full * rec.lenb + rest if rest else \
+                rec.offset + (full - 1) * rec.lenb + rec.lenc
+            fh.seek(end)
+            tail = fh.read(256).lstrip(b"\r\n")
+            if tail and not tail.startswith(b">"):
+                return False
+    return True
+
+
 class IndexedFasta:
     """Random access to ``fetch(name, start, end)`` (0-based, end exclusive, uppercase).
 
@@ -291,6 +308,12 @@ class IndexedFasta:
             return
         except _STREAM_ERRORS as e:
             raise FastaError(f"{self.path}: {_describe_stream_error(e, self.compression)}") from None
+        if self.compression == "plain" and not _index_matches_file(path, fa):
+            # pyfaidx accepts a last line *longer* than the others and then mis-reads the
+            # record; such files are read into memory instead.
+            fa.close()
+            self._load_into_memory(path)
+            return
         self._faidx_args, self._faidx, self._pid = args, fa, os.getpid()
         self.lengths = {name: len(fa[name]) for name in fa.keys()}
 

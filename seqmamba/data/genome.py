@@ -15,7 +15,7 @@ import numpy as np
 
 from .fasta import FastaError, IndexedFasta
 
-__all__ = ["GenomeError", "Intervals", "read_bed", "Genome"]
+__all__ = ["GenomeError", "Intervals", "read_bed", "Genome", "split_intervals"]
 
 
 class GenomeError(ValueError):
@@ -135,3 +135,32 @@ class Genome:
     def __repr__(self) -> str:
         bed = f", bed={str(self.bed_path)!r}" if self.bed_path else ""
         return f"Genome({str(self.fasta.path)!r}{bed}, {len(self.names)} records)"
+
+
+def split_intervals(records: list[tuple[str, int]], interval: int, valid_frac: float = 0.05,
+                    test_frac: float = 0.05, min_split_length: int | None = None
+                    ) -> list[tuple[str, int, int, str]]:
+    """A train/valid/test BED for a genome of ``(name, length)`` records: each record's first
+    part is train, then ``valid_frac`` of it valid, then the last ``test_frac`` test, each part
+    cut into intervals of at most ``interval`` bases. Contiguous held-out blocks (rather than
+    scattered intervals) keep training windows from overlapping the held-out sequence. Records
+    shorter than ``min_split_length`` (default: 10 x interval) are train only."""
+    if interval < 1:
+        raise ValueError(f"interval must be >= 1, got {interval}")
+    if not (0 <= valid_frac < 1 and 0 <= test_frac < 1 and valid_frac + test_frac < 1):
+        raise ValueError(f"need 0 <= valid_frac, test_frac and valid_frac + test_frac < 1, got "
+                         f"{valid_frac} and {test_frac}")
+    min_len = 10 * interval if min_split_length is None else min_split_length
+    rows = []
+    for name, length in records:
+        if length < min_len:
+            parts = [("train", 0, length)]
+        else:
+            a = int(round(length * (1 - valid_frac - test_frac)))
+            b = int(round(length * (1 - test_frac)))
+            parts = [(s, lo, hi) for s, lo, hi in
+                     (("train", 0, a), ("valid", a, b), ("test", b, length)) if hi > lo]
+        for split, start, end in parts:
+            for s in range(start, end, interval):
+                rows.append((name, s, min(s + interval, end), split))
+    return rows

@@ -443,3 +443,51 @@ def _write_provenance(path: Path, m21_version: str, synth: str, font: Optional[P
     if skipped:
         lines += ["", f"Skipped ({len(skipped)}):", *[f"- {s}" for s in skipped]]
     path.write_text("\n".join(lines) + "\n")
+
+
+def register_piano_command(data_app) -> None:
+    """Adds ``seqmamba data piano`` to the ``seqmamba data`` command group."""
+    import sys
+
+    import typer
+
+    @data_app.command("piano")
+    def piano_cmd(
+        out: Path = typer.Option(..., "--out", help="Folder for the WAV files (created; must be empty)."),
+        max_pieces: int = typer.Option(64, "--max-pieces",
+                                       help="Pieces to render (0 = all ~390: ~6 h of audio)."),
+        synth: str = typer.Option("auto", help="auto, fluidsynth (needs fluidsynth + a GM SoundFont) "
+                                               "or additive (pure numpy, works anywhere)."),
+        soundfont: Optional[Path] = typer.Option(None, help="SoundFont for --synth fluidsynth."),
+        max_seconds: float = typer.Option(240.0, "--max-seconds", help="Cut longer pieces."),
+        sample_rate: int = typer.Option(DEFAULT_SAMPLE_RATE, "--sample-rate"),
+        seed: int = typer.Option(0, help="Seed of the humanised velocities."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing folder."),
+    ):
+        """Render an offline solo-piano corpus (music21's bundled scores) to 16 kHz WAV files."""
+        bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            bar = tqdm(total=max_pieces or None, unit="piece", file=sys.stderr, desc="render")
+
+        def progress(i, n, piece):
+            if bar is not None:
+                bar.total = n
+                bar.n = i
+                bar.set_postfix_str(piece)
+                bar.refresh()
+
+        try:
+            summary = render_corpus(out, max_pieces=max_pieces or None, synth=synth,
+                                    soundfont=soundfont, sr=sample_rate, max_seconds=max_seconds,
+                                    seed=seed, overwrite=overwrite, progress=progress)
+        except PianoRenderError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        typer.echo(f"wrote {summary['files']} pieces ({summary['seconds'] / 60:.1f} min, synth "
+                   f"{summary['synth']}) to {summary['out']}; see PROVENANCE.md there"
+                   + (f"; skipped {len(summary['skipped'])}" if summary["skipped"] else ""))
+        typer.echo(f"train: seqmamba pretrain recipes/piano-demo.yaml data.audio_dir={summary['out']}")

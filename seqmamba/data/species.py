@@ -179,8 +179,8 @@ def split_records(lengths: dict[str, int], cfg: SplitConfig) -> tuple[str, dict[
     out = {s: [] for s in SPLITS}
     train_frac = 1 - cfg.val_fraction - cfg.test_fraction
     for n, L in kept.items():
-        a = int(L * train_frac)
-        b = int(L * (train_frac + cfg.val_fraction))
+        a = round(L * train_frac)
+        b = round(L * (1 - cfg.test_fraction))
         out["train"].append(Interval(n, 0, a))
         out["val"].append(Interval(n, a, b))
         out["test"].append(Interval(n, b, L))
@@ -188,17 +188,17 @@ def split_records(lengths: dict[str, int], cfg: SplitConfig) -> tuple[str, dict[
 
 
 def missing_species_message(missing: Sequence[SpeciesEntry]) -> str:
-    """One line per missing genome, with the command that fetches it when the recipe has a URL."""
-    lines = []
-    for sp in missing:
-        what = f"{sp.name}" + (f" ({sp.assembly})" if sp.assembly else "")
-        if sp.url:
-            folder = sp.path.parent if str(sp.path.parent) else Path(".")
-            lines.append(f"missing genome for {what}: {sp.path} -- get it with: "
-                         f"mkdir -p {folder} && curl -L -o {sp.path} {sp.url}")
-        else:
-            lines.append(f"missing genome for {what}: {sp.path}")
-    return "\n".join(lines)
+    """One line naming the missing genomes and, where the recipe gives URLs, the command that
+    downloads them."""
+    what = ", ".join(f"{sp.name}" + (f" ({sp.assembly})" if sp.assembly else "") + f" {sp.path}"
+                     for sp in missing)
+    with_url = [sp for sp in missing if sp.url]
+    if not with_url:
+        return f"missing genome files: {what}; point data.species[].path at existing FASTA files"
+    folders = sorted({str(sp.path.parent) for sp in with_url if str(sp.path.parent) not in ("", ".")})
+    steps = ([f"mkdir -p {' '.join(folders)}"] if folders else []) + \
+        [f"curl -L -o {sp.path} {sp.url}" for sp in with_url]
+    return f"missing genome files: {what}; get them with: {' && '.join(steps)}"
 
 
 class SpeciesGenome:

@@ -7,7 +7,7 @@ Window rule (Mamba paper, App. E.3, after HyenaDNA): for a sequence length L and
   [start + k L, start + (k+1) L) for k = 0 .. (end - start) // L - 1 (the remainder is dropped);
 * L >  end - start: it yields two windows, one starting at ``start`` and one ending at ``end``,
   shifted as needed to stay inside the chromosome (a chromosome shorter than L gives the whole
-  chromosome, padded by the collate function).
+  chromosome once, padded by the collate function).
 
 The same rule gives the fixed validation/test windows (no augmentation, fixed order).
 """
@@ -63,7 +63,13 @@ def make_windows(intervals: Intervals, chrom_lengths: np.ndarray, seq_len: int) 
     start = np.concatenate([sub_start, pair_start]).astype(np.int64)
     end = np.concatenate([sub_start + seq_len, pair_end]).astype(np.int64)
     order = np.argsort(idx, kind="stable")
-    return Windows(intervals.chrom[idx[order]].astype(np.int32), start[order], end[order])
+    idx, start, end = idx[order], start[order], end[order]
+    chrom = intervals.chrom[idx].astype(np.int32)
+    # The two windows of a short interval coincide when the chromosome is shorter than L:
+    # the interval yields that window once.
+    keep = np.ones(len(start), dtype=bool)
+    keep[1:] = (idx[1:] != idx[:-1]) | (start[1:] != start[:-1]) | (end[1:] != end[:-1])
+    return Windows(chrom[keep], start[keep], end[keep])
 
 
 def evenly_spaced(windows: Windows, max_count: int | None) -> Windows:

@@ -212,10 +212,10 @@ def cli_errors():
 
     try:
         yield
-    except (ValueError, OSError, KeyError) as e:  # FastaError, ConfigError, CheckpointError...
+    except (ValueError, OSError) as e:  # FastaError, ConfigError, CheckpointError, missing files
         if os.environ.get("SEQMAMBA_DEBUG"):
             traceback.print_exc()
-        msg = str(e) if not isinstance(e, KeyError) else f"missing key {e}"
+        msg = str(e)
         if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
             msg = f"{e.filename}: {e.strerror or msg}"
         typer.echo(f"error: {msg}", err=True)

@@ -103,6 +103,9 @@ def _prepare_model(data: dict) -> None:
     if isinstance(species, list):
         names = [s.get("name") if isinstance(s, dict) else None for s in species]
         if all(isinstance(n, str) for n in names):
+            if model.get("num_classes", len(names)) != len(names):
+                raise ConfigError(f"model.num_classes: {model['num_classes']} but data.species "
+                                  f"lists {len(names)} species (leave it out)")
             model.setdefault("num_classes", len(names))
             model.setdefault("class_names", names)
     if model.get("head", "classification") != "classification":
@@ -149,8 +152,10 @@ def build_finetuning(recipe: FinetuneRecipe):
     missing = data.missing()
     if missing:
         raise MissingDataError(missing_species_message(missing))
+    # Length warmup here keeps the batch (sequences per step) fixed, as the paper's species
+    # experiments do (App. E.3.4); pretraining keeps the tokens per step fixed instead.
     plan = StagePlan(recipe.schedule.stages, t.max_steps, t.tokens_per_step, t.micro_batch_tokens,
-                     world_size(t))
+                     world_size(t), keep="batch")
     tokenizer = tokenizer_from_config(recipe.model.tokenizer)
     genomes = [SpeciesGenome(entry, data.split, i) for i, entry in enumerate(data.species)]
     source = SpeciesSource(genomes, tokenizer, "train", data.max_n_fraction, data.rc_augment,

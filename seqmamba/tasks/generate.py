@@ -9,7 +9,7 @@ Writes into ``--out`` (created; existing files of the same names are refused unl
 * ``clip_000.wav`` ... 16 kHz mono 16-bit WAV (the prompt, when given, then its continuation);
 * ``clip_000.png`` ... a spectrogram of each clip (a dashed line marks the end of the prompt);
 * ``samples.tsv`` / ``samples.json``: per clip the log-likelihood of the generated samples under
-  the model (natural log, untempered distribution) and the same as bits per sample, plus the
+  the model (natural log, untempered distribution over the audio levels) and the same as bits per sample, plus the
   settings and the measured real-time factor.
 
 Generation is batched (``--batch-size`` clips at once) and recurrent: the prompt (or, without one,
@@ -85,6 +85,25 @@ def _graphed_step(model, batch: int, use_graph: str):
     return GraphedStep(model, batch, temperature=None)
 
 
+class _decode_threads:
+    """One intra-op thread for CPU decoding of small models: each step is dozens of tiny ops,
+    where thread hand-offs cost more than they save (about 10x slower with 2 threads on a busy
+    2-core machine). Larger batches of wide models keep the caller's setting."""
+
+    def __init__(self, model, batch: int):
+        width = model.config.d_model * model.config.expand * batch
+        self.active = model.device.type == "cpu" and width < (1 << 15)
+        self.saved = torch.get_num_threads()
+
+    def __enter__(self):
+        if self.active:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.active:
+            torch.set_num_threads(self.saved)
+
+
 @torch.inference_mode()
 def sample_audio(model, new_samples: int, num: int = 1, temperature: float = 1.0,
                  top_p: Optional[float] = None, top_k: Optional[int] = None,
@@ -95,8 +114,9 @@ def sample_audio(model, new_samples: int, num: int = 1, temperature: float = 1.0
 
     prompt: 1-D codes shared by all clips; None starts from one silence sample.
     on_step(n): called after each decode step with the number of clips advanced.
-    The pad id is never sampled. The log-likelihood is under the model's own distribution
-    (no temperature / top-p), so it compares across sampling settings.
+    The pad id is never sampled. The log-likelihood is under the model's own distribution over
+    the audio levels (pad excluded and renormalised; no temperature / top-p), so it compares
+    across sampling settings.
     """
     if new_samples < 1:
         raise ValueError(f"need at least one sample to generate, got {new_samples}")
@@ -133,17 +153,18 @@ def sample_audio(model, new_samples: int, num: int = 1, temperature: float = 1.0
         logits = model.logits_from_hidden(model.backbone(ids, cache=cache)[:, -1])
         out = torch.empty(B, new_samples, dtype=torch.long, device=device)
         ll = torch.zeros(B, dtype=torch.float64, device=device)
-        for i in range(new_samples):
-            logits = logits.float()
-            if pad is not None and pad < logits.shape[-1]:
-                logits[:, pad] = float("-inf")
-            token = sample_next(logits, temperature, top_k, top_p, gen)
-            ll += torch.log_softmax(logits, -1).gather(1, token[:, None])[:, 0].double()
-            out[:, i] = token
-            if i + 1 < new_samples:
-                logits = step(token).clone() if graphed is not None else step(token)
-            if on_step is not None:
-                on_step(B)
+        with _decode_threads(model, B):
+            for i in range(new_samples):
+                logits = logits.float()
+                if pad is not None and pad < logits.shape[-1]:
+                    logits[:, pad] = float("-inf")
+                token = sample_next(logits, temperature, top_k, top_p, gen)
+                ll += torch.log_softmax(logits, -1).gather(1, token[:, None])[:, 0].double()
+                out[:, i] = token
+                if i + 1 < new_samples:
+                    logits = step(token).clone() if graphed is not None else step(token)
+                if on_step is not None:
+                    on_step(B)
         codes[first:first + B, :L0] = prompt.cpu()
         codes[first:first + B, L0:] = out.cpu()
         loglik[first:first + B] = ll.cpu().numpy()
@@ -152,16 +173,26 @@ def sample_audio(model, new_samples: int, num: int = 1, temperature: float = 1.0
 
 def save_spectrogram(path: Path, wave: np.ndarray, sample_rate: int, title: str,
                      prompt_seconds: float = 0.0) -> None:
-    """A log-power spectrogram PNG (matplotlib specgram), written atomically."""
+    """A log-power spectrogram PNG (Hann-windowed STFT, 512 points, 75 % overlap), written
+    atomically."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    nfft = 512 if len(wave) >= 512 else 1 << max(4, int(math.log2(max(len(wave), 16))))
+    hop = nfft // 4
+    x = np.pad(np.asarray(wave, np.float64), (0, max(nfft - len(wave), 0)))
+    frames = np.lib.stride_tricks.sliding_window_view(x, nfft)[::hop] * np.hanning(nfft)
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    # dB with a -120 dB floor: digital silence (e.g. greedy decoding of an untrained model)
+    # would otherwise be log(0).
+    db = 10 * np.log10(np.maximum(power, 1e-12))
+    times = (np.arange(len(frames)) * hop + nfft / 2) / sample_rate
+    freqs = np.fft.rfftfreq(nfft, 1 / sample_rate)
     fig, ax = plt.subplots(figsize=(8, 3), dpi=100)
     try:
-        nfft = 512 if len(wave) >= 512 else max(16, 1 << int(math.log2(max(len(wave), 16))))
-        ax.specgram(wave.astype(np.float64) + 1e-9, NFFT=nfft, Fs=sample_rate, noverlap=nfft * 3 // 4,
-                    cmap="magma", scale="dB")
+        ax.pcolormesh(times, freqs, db.T, shading="auto", cmap="magma",
+                      vmin=max(db.max() - 100, -120), vmax=db.max())
         if prompt_seconds > 0:
             ax.axvline(prompt_seconds, color="cyan", linestyle="--", linewidth=1)
         ax.set_xlabel("seconds")
@@ -227,8 +258,8 @@ def run_generate(checkpoint: str, out: str, seconds: float = 4.0, num: int = 1,
                  overwrite: bool = False, progress: bool = True,
                  echo: Callable[[str], None] = print) -> dict:
     """The whole ``generate`` command; returns the summary written to samples.json."""
-    from seqmamba.api import load_model
     from seqmamba.audio_io import save_audio
+    from seqmamba.training.artifacts import load_trained_model
 
     # Every check before any work or output.
     if not seconds > 0 or not math.isfinite(seconds):
@@ -249,7 +280,7 @@ def run_generate(checkpoint: str, out: str, seconds: float = 4.0, num: int = 1,
         if clash:
             raise ValueError(f"--out {out_dir}: already holds {clash[0]}... (pass --overwrite to "
                              f"replace, or choose another folder)")
-    model = load_model(checkpoint, device)
+    model = load_trained_model(checkpoint, device)
     check_audio_model(model, checkpoint)
     prompt_codes = None
     if prompt is not None:
@@ -306,7 +337,7 @@ def register(app) -> None:
 
     @app.command("generate")
     def generate_cmd(
-        checkpoint: str = typer.Argument(..., help="Audio model folder (a run's export)."),
+        checkpoint: str = typer.Argument(..., help="Audio model: export folder, run folder or .ckpt."),
         out: str = typer.Option(..., "--out", "-o", help="Output folder (created)."),
         seconds: float = typer.Option(4.0, help="Seconds of new audio per clip."),
         num: int = typer.Option(1, help="Number of clips."),

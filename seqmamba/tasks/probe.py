@@ -188,8 +188,8 @@ def run_probe(checkpoint: str, train: str, test: Optional[str] = None, pooling: 
     X_te = embed(test_set) if test_set is not None else None
     result = fit_probe(X_tr, train_set.labels, X_te, test_set.labels if test_set else None,
                        cv=cv, seed=seed)
-    result.update(pooling=pooling, layer=layer, window=window, train=train_set.source,
-                  test=test_set.source if test_set else None)
+    result.update(pooling=pooling, layer=layer, window=window, train_source=train_set.source,
+                  test_source=test_set.source if test_set else None)
     return result
 
 

@@ -77,6 +77,9 @@ def plot_curves(csv_path: Path, png_path: Path) -> None:
     rows = read_log(csv_path)
     train = [(r["step"], r["loss"]) for r in rows if r["split"] == "train" and r["loss"] is not None]
     valid = [(r["step"], r["loss"]) for r in rows if r["split"] == "valid" and r["loss"] is not None]
+    # Dotted lines where sequence-length warmup moves to the next length.
+    lengths = [(r["step"], r["seq_len"]) for r in rows if r["split"] == "train" and r["seq_len"]]
+    stage_changes = [s for (s, n), (_, prev) in zip(lengths[1:], lengths[:-1]) if n != prev]
     fig, (ax_loss, ax_ppl) = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, transform, label in ((ax_loss, lambda v: v / math.log(2), "loss (bits/token)"),
                                  (ax_ppl, lambda v: math.exp(min(v, 50)), "perplexity")):
@@ -85,6 +88,8 @@ def plot_curves(csv_path: Path, png_path: Path) -> None:
         if valid:
             ax.plot([s for s, _ in valid], [transform(v) for _, v in valid], "o-", label="valid",
                     ms=3)
+        for step in stage_changes:
+            ax.axvline(step, color="grey", ls=":", lw=0.8)
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -185,35 +190,51 @@ def _fmt(value):
 
 
 class StepProgressBar(L.Callback):
-    """A tqdm bar over optimizer steps (Lightning's own bar counts micro-batches of one endless
-    epoch), showing loss, last validation loss, sequence length and tokens per second."""
+    """Progress over optimizer steps (Lightning's own bar counts micro-batches of one endless
+    epoch): a tqdm bar on a terminal, else a plain line every ``every`` steps (logs, CI), with
+    loss, last validation loss, sequence length and tokens per second."""
 
-    def __init__(self, max_steps: int):
-        self.max_steps = max_steps
+    def __init__(self, max_steps: int, every: int = 10, stream=None):
+        self.max_steps, self.every = max_steps, max(int(every), 1)
+        self.stream = stream
         self.bar = None
         self._last = -1
+        self._t0 = 0.0
+        self._start_step = 0
+
+    def _out(self):
+        import sys
+        return self.stream or sys.stderr
 
     def on_train_start(self, trainer, pl_module):
         if not trainer.is_global_zero:
             return
-        from tqdm import tqdm
-        self.bar = tqdm(total=self.max_steps, initial=trainer.global_step, unit="step",
-                        dynamic_ncols=True, desc="train")
-        self._last = trainer.global_step
+        self._last = self._start_step = trainer.global_step
+        self._t0 = time.monotonic()
+        if self._out().isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.max_steps, initial=trainer.global_step, unit="step",
+                            dynamic_ncols=True, desc="train", file=self._out())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.bar is None or trainer.global_step == self._last:
+        step = trainer.global_step
+        if not trainer.is_global_zero or step == self._last:
             return
-        self.bar.update(trainer.global_step - self._last)
-        self._last = trainer.global_step
         m, v = pl_module.step_metrics, pl_module.val_metrics
+        plan = pl_module.plan
+        rate = (plan.tokens_through(step) - plan.tokens_through(self._start_step)) / \
+            max(time.monotonic() - self._t0, 1e-9)
         post = {"loss": f"{m.get('loss', float('nan')):.4f}", "L": m.get("seq_len")}
         if v:
             post["val"] = f"{v['val_loss']:.4f}"
-        rate = self.bar.format_dict.get("rate")
-        if rate:
-            post["tok/s"] = f"{rate * pl_module.plan.tokens_per_step:,.0f}"
-        self.bar.set_postfix(post, refresh=False)
+        post["tok/s"] = f"{rate:,.0f}"
+        if self.bar is not None:
+            self.bar.update(step - self._last)
+            self.bar.set_postfix(post, refresh=False)
+        elif step % self.every == 0 or step >= self.max_steps:
+            fields = "  ".join(f"{k} {val}" for k, val in post.items())
+            print(f"step {step}/{self.max_steps}  {fields}", file=self._out(), flush=True)
+        self._last = step
 
     def _close(self):
         if self.bar is not None:

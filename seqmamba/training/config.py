@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 from ..config import ConfigError, TypedConfig, from_dict
 
-__all__ = ["Stage", "TrainerConfig", "OptimConfig", "ScheduleConfig", "load_recipe_dict",
+__all__ = ["Stage", "LengthWarmup", "TrainerConfig", "OptimConfig", "ScheduleConfig", "load_recipe_dict",
            "build_recipe", "dump_recipe"]
 
 
@@ -101,9 +101,40 @@ class OptimConfig(TypedConfig):
 
 
 @dataclass
+class LengthWarmup(TypedConfig):
+    """Sequence-length warmup written compactly: start at ``start`` tokens and double every
+    ``stage_steps`` steps until ``target``, which then runs to the end (batch halves as length
+    doubles, so tokens per step stay constant)."""
+
+    _config_prefix: ClassVar[str] = "schedule.length_warmup"
+
+    target: int
+    start: int = 1024
+    stage_steps: int = 500
+
+    def validate(self, prefix: str) -> None:
+        if self.start < 2:
+            raise ConfigError(f"{prefix}.start: must be >= 2, got {self.start}")
+        ratio = self.target // self.start
+        if self.target < self.start or self.target % self.start or ratio & (ratio - 1):
+            raise ConfigError(f"{prefix}.target: must be start x a power of two "
+                              f"(start {self.start}), got {self.target}")
+        if self.stage_steps < 1:
+            raise ConfigError(f"{prefix}.stage_steps: must be >= 1, got {self.stage_steps}")
+
+    def stages(self) -> list[Stage]:
+        out, length = [], self.start
+        while length < self.target:
+            out.append(Stage(seq_len=length, steps=self.stage_steps))
+            length *= 2
+        return out + [Stage(seq_len=self.target)]
+
+
+@dataclass
 class ScheduleConfig(TypedConfig):
     """Learning rate: linear warmup to optim.lr, then cosine decay to min_lr_ratio * lr at
-    trainer.max_steps (or constant). Sequence length: the list of stages."""
+    trainer.max_steps (or constant). Sequence length: the list of stages, or ``length_warmup``
+    (which, when set, replaces ``stages``)."""
 
     _config_prefix: ClassVar[str] = "schedule"
 
@@ -111,12 +142,15 @@ class ScheduleConfig(TypedConfig):
     decay: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = 0.1
     stages: list[Stage] = field(default_factory=lambda: [Stage(seq_len=1024)])
+    length_warmup: Optional[LengthWarmup] = None
 
     def validate(self, prefix: str) -> None:
         if self.warmup_steps < 0:
             raise ConfigError(f"{prefix}.warmup_steps: must be >= 0, got {self.warmup_steps}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"{prefix}.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        if self.length_warmup is not None:
+            self.stages = self.length_warmup.stages()
         if not self.stages:
             raise ConfigError(f"{prefix}.stages: needs at least one stage")
         for i, stage in enumerate(self.stages[:-1]):

@@ -43,6 +43,7 @@ class FitResult:
     seconds: float
     train: dict = field(default_factory=dict)
     valid: dict = field(default_factory=dict)
+    is_global_zero: bool = True  # False in the extra processes DDP starts
 
     @property
     def checkpoint(self) -> Path:
@@ -103,6 +104,7 @@ _QUIET = [
     r".*You defined a `validation_step` but have no `val_dataloader`.*",
     r".*Total length of `.*` across ranks is zero.*",
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    r".*It is recommended to use `self.log\('val_loss', ..., sync_dist=True\)`.*",  # reduced already
 ]
 
 
@@ -127,7 +129,7 @@ def fit(module: SeqMambaModule, datamodule: StagedDataModule, cfg: TrainerConfig
             raise FileNotFoundError(f"{ckpt_path}: no checkpoint to resume from")
 
     has_valid = datamodule.valid is not None and len(datamodule.valid) > 0
-    progress = [StepProgressBar(plan.max_steps)] if cfg.progress_bar else []
+    progress = [StepProgressBar(plan.max_steps, cfg.log_every)] if cfg.progress_bar else []
 
     # Lightning's start-up chatter (accelerator lines, tips) goes to this logger at INFO level;
     # the one useful fact is echoed below instead.
@@ -147,7 +149,7 @@ def fit(module: SeqMambaModule, datamodule: StagedDataModule, cfg: TrainerConfig
     if trainer.is_global_zero:
         metrics_log.redraw()
     return FitResult(run_dir, trainer.global_step, time.monotonic() - start,
-                     dict(module.step_metrics), dict(module.val_metrics))
+                     dict(module.step_metrics), dict(module.val_metrics), trainer.is_global_zero)
 
 
 def _trainer(cfg, plan, accelerator, precision, world, run_dir, has_valid, callbacks):

@@ -36,8 +36,8 @@ def _reduce(sums: torch.Tensor) -> torch.Tensor:
     return sums
 
 
-def _summary(sums: torch.Tensor, prefix: str = "") -> dict[str, float]:
-    loss_sum, count, correct = (float(x) for x in sums.tolist())
+def _summary(sums: list[float], prefix: str = "") -> dict[str, float]:
+    loss_sum, count, correct = sums
     loss = loss_sum / count if count else float("nan")
     out = {f"{prefix}loss": loss, f"{prefix}bits": loss / LN2,
            f"{prefix}ppl": math.exp(loss) if loss < 700 else float("inf")}
@@ -92,18 +92,17 @@ class SeqMambaModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer):
         # Every micro-batch of this step has been back-propagated: check and summarise the step
         # here, before the update is applied. All ranks see the same reduced sums, so all stop.
-        sums = _reduce(self._train_sums)
-        if sums[2] < 0:
-            sums[2] = -1.0
+        # One host sync per optimizer step (for the check and the log), none per micro-batch.
+        sums = _reduce(self._train_sums).tolist()
+        sums[2] = max(sums[2], -1.0)
         self._train_sums = None
         step = self.global_step + 1
-        loss_sum, count = float(sums[0]), float(sums[1])
-        if not math.isfinite(loss_sum):
-            raise NonFiniteLossError(step, loss_sum)
+        if not math.isfinite(sums[0]):
+            raise NonFiniteLossError(step, sums[0])
         metrics = {"step": step, **_summary(sums)}
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         metrics["seq_len"] = self.plan.stage_at(step - 1).seq_len
-        metrics["tokens"] = step * self.plan.tokens_per_step
+        metrics["tokens"] = self.plan.tokens_through(step)
         if step % self.grad_norm_every == 0 or step == self.plan.max_steps:
             norms = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
             metrics["grad_norm"] = float(torch.stack(norms).norm()) if norms else 0.0
@@ -122,9 +121,8 @@ class SeqMambaModule(L.LightningModule):
     def on_validation_epoch_end(self):
         if self._val_sums is None:
             return
-        sums = _reduce(self._val_sums)
-        if sums[2] < 0:
-            sums[2] = -1.0
+        sums = _reduce(self._val_sums).tolist()
+        sums[2] = max(sums[2], -1.0)
         self.val_metrics = {"step": self.global_step, **_summary(sums, "val_")}
         self.log("val_loss", self.val_metrics["val_loss"], prog_bar=True, logger=False, batch_size=1)
 

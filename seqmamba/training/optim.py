@@ -27,7 +27,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
     if any(p.is_cuda for p in model.parameters()):
-        kwargs["fused"] = True  # one kernel for all parameters on GPU
+        # Multi-tensor, not fused: Lightning refuses gradient clipping under bf16/16-mixed
+        # precision with an optimizer that unscales gradients itself (fused AdamW does).
+        kwargs["foreach"] = True
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), **kwargs)
 
 

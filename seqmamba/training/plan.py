@@ -5,6 +5,11 @@ Sequence-length warmup (HyenaDNA; Mamba paper App. E.3) keeps the tokens per opt
 constant while the length grows and the batch shrinks. With a fixed number of tokens per forward
 pass (``micro_batch_tokens``) the accumulation factor is then the same in every stage, which is
 what Lightning's ``accumulate_grad_batches`` needs.
+
+``keep="batch"`` is the other warmup (species classification, Mamba paper App. E.3.4): the
+number of sequences per step stays fixed and the tokens per step grow with the length. The
+accumulation factor is then set by the stage with the most tokens and every stage uses the same
+number of sequences per forward pass.
 """
 from __future__ import annotations
 
@@ -32,7 +37,9 @@ class PlannedStage:
 
 class StagePlan:
     def __init__(self, stages: list[Stage], max_steps: int, tokens_per_step: int | None = None,
-                 micro_batch_tokens: int | None = None, world_size: int = 1):
+                 micro_batch_tokens: int | None = None, world_size: int = 1, keep: str = "tokens"):
+        if keep not in ("tokens", "batch"):
+            raise ValueError(f"keep must be 'tokens' or 'batch', got {keep!r}")
         if max_steps < 1:
             raise ConfigError(f"trainer.max_steps: must be >= 1, got {max_steps}")
         self.max_steps, self.world_size = max_steps, world_size
@@ -57,12 +64,16 @@ class StagePlan:
                                   f"{world_size} devices")
             batches.append(b)
         tokens = [b * st.seq_len for b, st in zip(batches, stages)]
-        if len(set(tokens)) > 1:
+        if keep == "batch" and len(set(batches)) > 1:
+            i = next(i for i, b in enumerate(batches) if b != batches[0])
+            raise ConfigError(f"schedule.stages[{i}].batch_size: this warmup keeps the batch constant; "
+                              f"this stage has {batches[i]} sequences, stage 0 has {batches[0]}")
+        if keep == "tokens" and len(set(tokens)) > 1:
             i = next(i for i, t in enumerate(tokens) if t != tokens[0])
             raise ConfigError(f"schedule.stages[{i}]: length warmup keeps tokens per step constant; "
                               f"this stage has {tokens[i]} (batch {batches[i]} x {stages[i].seq_len}), "
                               f"stage 0 has {tokens[0]}")
-        self.tokens_per_step = tokens[0]
+        self.tokens_per_step = max(tokens)  # the same in every stage unless keep="batch"
         per_device = self.tokens_per_step // world_size
         micro = min(micro_batch_tokens or per_device, per_device)
         if per_device % micro:
@@ -97,6 +108,11 @@ class StagePlan:
     def final_seq_len(self) -> int:
         return self.stages[-1].seq_len
 
+    def tokens_through(self, step: int) -> int:
+        """Tokens in optimizer steps 1..``step`` (all devices)."""
+        return sum(st.batch_size * st.seq_len * min(max(step - st.first_step, 0), st.steps)
+                   for st in self.stages)
+
     def stage_at(self, step: int) -> PlannedStage:
         """The stage of 0-based optimizer step ``step``."""
         for st in self.stages:
@@ -105,7 +121,8 @@ class StagePlan:
         return self.stages[-1]
 
     def describe(self) -> list[str]:
-        lines = [f"{self.tokens_per_step} tokens/step = {self.world_size} device(s) x "
+        most = " (at most)" if len({st.batch_size * st.seq_len for st in self.stages}) > 1 else ""
+        lines = [f"{self.tokens_per_step} tokens/step{most} = {self.world_size} device(s) x "
                  f"{self.accumulate} accumulation x micro-batch"]
         for st in self.stages:
             lines.append(f"  steps {st.first_step + 1:>7}-{st.end_step:<7} seq_len {st.seq_len:>8}  "

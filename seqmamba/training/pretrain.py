@@ -87,6 +87,9 @@ def build_pretraining(recipe: PretrainRecipe):
 def pretrain(recipe: PretrainRecipe, resume_dir: str | os.PathLike | None = None,
              callbacks: list | tuple = (), echo: Callable[[str], None] = print) -> FitResult:
     """Train a new run (folder under trainer.runs_dir), or continue ``resume_dir``."""
+    from ..data.audio import AudioPretrainRecipe, audio_pretrain
+    if isinstance(recipe, AudioPretrainRecipe):  # audio data: same engine, audio data + eval
+        return audio_pretrain(recipe, resume_dir, callbacks, echo)
     module, datamodule, genome = build_pretraining(recipe)
     if resume_dir is not None:
         run_dir = Path(resume_dir)

@@ -20,7 +20,8 @@ from typing import ClassVar, Optional
 from ..config import ConfigError, ModelConfig, TypedConfig
 from .config import OptimConfig, ScheduleConfig, TrainerConfig, build_recipe, load_recipe_dict
 
-__all__ = ["GenomeDataConfig", "PretrainRecipe", "load_pretrain_recipe", "MissingDataError"]
+__all__ = ["GenomeDataConfig", "PretrainRecipe", "load_pretrain_recipe", "MissingDataError",
+           "fill_tokenizer"]
 
 DEFAULT_TOKENIZER = {"name": "dna_char"}
 
@@ -81,7 +82,7 @@ class PretrainRecipe(TypedConfig):
             raise ConfigError(f"name: must be a plain folder-name prefix, got {self.name!r}")
 
 
-def _fill_tokenizer(data: dict) -> None:
+def fill_tokenizer(data: dict) -> None:
     """model.tokenizer defaults to dna_char, and model.vocab_size comes from the tokenizer."""
     from ..tokenizers import TokenizerError, tokenizer_from_config
 
@@ -102,11 +103,17 @@ def _fill_tokenizer(data: dict) -> None:
                           f"tokenizer's {tokenizer.vocab_size} (leave it out to use the tokenizer's)")
 
 
+_fill_tokenizer = fill_tokenizer  # the name other recipe loaders imported first
+
+
 def load_pretrain_recipe(path: str | os.PathLike | None, overrides: list[str] = (),
                          base: dict | None = None) -> PretrainRecipe:
     """Read a recipe YAML (or ``base`` dict), apply ``key=value`` overrides, check it all."""
     data = load_recipe_dict(path, overrides, base)
+    from ..data.audio import build_audio_recipe, is_audio_recipe
+    if is_audio_recipe(data):  # data.audio_dir: an audio recipe (seqmamba.data.audio)
+        return build_audio_recipe(data, path)
     if path is not None and "name" not in data:
         data["name"] = Path(path).stem
-    _fill_tokenizer(data)
+    fill_tokenizer(data)
     return build_recipe(PretrainRecipe, data)

@@ -1,0 +1,149 @@
+"""``seqmamba evaluate``: bits per base and perplexity of a DNA language model on held-out windows.
+
+    seqmamba evaluate runs/hg38-demo-*/export --fasta datasets/human/human_sample.fa \\
+        --bed datasets/human/human_sample.bed --split test --seq-len 1024
+
+Windows follow the training rule (``seqmamba.data.windows``): with a BED, the intervals of
+``--split`` cut into non-overlapping windows of ``--seq-len`` (an interval shorter than that gives
+one window starting at it and one ending at it); without a BED, every record is cut the same way.
+Each window is scored on its own: token t is predicted from tokens < t of the same window, the
+first token is context only. bits/base = mean negative log2-likelihood per predicted base.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+from typing import Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..data.genome import Genome
+from ..data.windows import GenomeWindowDataset, evenly_spaced, make_windows
+from ..training.objectives import LN2, LMObjective
+from ..training.sampling import PadCollate
+
+__all__ = ["evaluate_lm", "autocast_for", "register"]
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast on GPU unless fp32 is asked for (CPU always runs fp32)."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def bases_per_token(tokenizer) -> int:
+    # A k-mer tokenizer advances `stride` bases per token; single-base tokenizers one.
+    return int(getattr(tokenizer, "stride", 1) or 1)
+
+
+@torch.inference_mode()
+def evaluate_lm(model, fasta: str, seq_len: int, bed: Optional[str] = None, split: Optional[str] = "test",
+                max_windows: Optional[int] = None, batch_size: int = 8, exclude_n: bool = False,
+                precision: str = "auto", progress: bool = False) -> dict:
+    """Score ``model`` (a MambaLM with tokenizer) on the windows of ``fasta`` (see module doc)."""
+    if model.config.head != "lm":
+        raise ValueError(f"evaluate needs a language model (head 'lm'), this one has head "
+                         f"{model.config.head!r}")
+    if seq_len < 2:
+        raise ValueError(f"--seq-len must be >= 2, got {seq_len}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    tok = model.tokenizer
+    genome = Genome(fasta, bed)
+    intervals = genome.intervals(split if bed else None)
+    windows = evenly_spaced(make_windows(intervals, genome.chrom_lengths, seq_len), max_windows)
+    dataset = GenomeWindowDataset(genome, windows, tok)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=PadCollate(tok.pad_id))
+    ignore = [tok.token_to_id("N")] if exclude_n else []
+    objective = LMObjective(tok.pad_id, ignore)
+    device = model.device
+    nll_sum = torch.zeros((), dtype=torch.float64)
+    count = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(dataset), unit="win", desc="evaluate", file=sys.stderr, leave=False)
+    try:
+        for batch in loader:
+            ids = batch["input_ids"].to(device)
+            with autocast_for(device, precision):
+                nll, mask = objective.token_nll(model, ids)
+            nll_sum += (nll.double() * mask).sum().cpu()
+            count += int(mask.sum())
+            if bar is not None:
+                bar.update(ids.shape[0])
+    finally:
+        if bar is not None:
+            bar.close()
+    if count == 0:
+        raise ValueError(f"{fasta}: no base to score at --seq-len {seq_len}")
+    nats = float(nll_sum) / count
+    per_base = bases_per_token(tok)
+    return {
+        "fasta": str(fasta), "bed": None if bed is None else str(bed),
+        "split": split if bed else None, "seq_len": seq_len, "windows": len(dataset),
+        "tokens_scored": count, "bases_scored": count * per_base,
+        "nats_per_token": nats, "bits_per_token": nats / LN2,
+        "bits_per_base": nats / LN2 / per_base, "perplexity": math.exp(nats),
+    }
+
+
+def format_table(result: dict, model_desc: str) -> str:
+    where = result["fasta"] + (f" ({result['bed']}, split {result['split']})" if result["bed"] else "")
+    rows = [("model", model_desc), ("data", where),
+            ("windows", f"{result['windows']:,} x {result['seq_len']:,} tokens"),
+            ("tokens scored", f"{result['tokens_scored']:,}"),
+            ("bits/base", f"{result['bits_per_base']:.4f}"),
+            ("perplexity", f"{result['perplexity']:.4f}")]
+    return "\n".join(f"{k:<14} {v}" for k, v in rows)
+
+
+def register(app) -> None:
+    import typer
+
+    from ..training.artifacts import describe_source, load_trained_model
+    from .classify import cli_errors
+
+    @app.command("evaluate")
+    def evaluate_cmd(
+        model_path: str = typer.Argument(..., metavar="MODEL",
+                                         help="Exported model folder, run folder or .ckpt file."),
+        fasta: Optional[str] = typer.Option(None, "--fasta", help="Genome or held-out FASTA (plain, gzip, bgzip)."),
+        audio_dir: Optional[str] = typer.Option(None, "--audio-dir", help="Audio models: the audio folder (its --split files are scored)."),
+        bed: Optional[str] = typer.Option(None, "--bed", help="BED with a split column (chrom start end split)."),
+        split: str = typer.Option("test", "--split", help="Which BED split to score."),
+        seq_len: int = typer.Option(1024, "--seq-len", help="Window length in tokens."),
+        max_windows: Optional[int] = typer.Option(None, "--max-windows",
+                                                  help="Score at most this many windows, evenly spread."),
+        batch_size: int = typer.Option(8, "--batch-size", help="Windows per forward pass."),
+        exclude_n: bool = typer.Option(False, "--exclude-n", help="Do not score N bases."),
+        device: str = typer.Option("auto", help="auto (GPU when available), cpu, cuda, cuda:1, ..."),
+        precision: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), fp32 or bf16."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ):
+        """Bits per base and perplexity of a DNA language model on held-out windows."""
+        with cli_errors():  # bad files, options and checkpoints: one line, exit status 1
+            if max_windows is not None and max_windows < 1:
+                raise ValueError(f"--max-windows must be >= 1, got {max_windows}")
+            model = load_trained_model(model_path, device)
+            if (model.config.tokenizer or {}).get("name") == "mulaw":  # audio: bits per sample
+                from .audio_eval import evaluate_command
+                evaluate_command(model, model_path, audio_dir, seq_len, split, max_windows,
+                                 as_json, echo=typer.echo)
+                return
+            if fasta is None:
+                raise ValueError("give --fasta (the held-out DNA to score)")
+            result = evaluate_lm(model, fasta, seq_len, bed, split, max_windows, batch_size,
+                                 exclude_n, precision, progress=sys.stderr.isatty())
+        if as_json:
+            typer.echo(json.dumps({"model": str(model_path), **result}, indent=2))
+        else:
+            typer.echo(format_table(result, f"{model_path} ({describe_source(model)})"))
