@@ -156,26 +156,19 @@ def main(argv=None):
     for name in names:
         batch, dim, L = SHAPES[name]
         plans = [("default", None)]
-        if args.sweep:
-            base = plan_config(batch, dim, L, N_STATE, torch.device("cuda"))
-            n_blk = math.ceil(L / base.ckpt)
-
-            def chunk(n):
-                return math.ceil(n_blk / max(1, min(n, n_blk))) * base.ckpt
-            for fw in (1, 4):
-                for nc in (1, 4, 16, 64):
-                    fc = chunk(nc)
-                    if fc == base.fwd_chunk and fw == base.fwd_warps:
-                        continue
-                    plans.append((f"fwd w{fw} chunks~{nc}", ScanConfig(fw, fc, base.ckpt, base.bwd_warps,
-                                                                       base.bwd_chunk)))
-            for nc in (1, 4, 16, 64, 256):
-                bc = chunk(nc)
-                if bc != base.bwd_chunk:
-                    plans.append((f"bwd chunks~{nc}", ScanConfig(base.fwd_warps, base.fwd_chunk,
-                                                                 base.ckpt, base.bwd_warps, bc)))
+        if args.sweep:  # backward variants (the forward plan is kept)
+            dev = torch.device("cuda")
+            for label, kw in (("ckpt16 bwd 2/SM", dict(ckpt=16, bwd_programs_per_sm=2)),
+                              ("ckpt16 bwd 4/SM", dict(ckpt=16, bwd_programs_per_sm=4)),
+                              ("ckpt32 bwd 2/SM", dict(ckpt=32, bwd_programs_per_sm=2)),
+                              ("ckpt32 bwd 6/SM", dict(ckpt=32, bwd_programs_per_sm=6)),
+                              ("bwd 2 warps 2/SM", dict(bwd_warps=2, bwd_programs_per_sm=2)),
+                              ("fwd 12 warps/SM", dict(fwd_warps_per_sm=12))):
+                plans.append((label, plan_config(batch, dim, L, N_STATE, dev, **kw)))
         for label, cfg in plans:
             fwd_only = label.startswith("fwd ")
+            if cfg is not None and cfg == plan_config(batch, dim, L, N_STATE, torch.device("cuda")):
+                continue
             t_fwd, t_all = bench(name, cfg, fwd_only=fwd_only)
             rows.append((name, label, cfg, t_fwd, t_all))
             print(f"  {name:8s} {label:22s} fwd {t_fwd:8.3f} ms  fwd+bwd {t_all:8.3f} ms", flush=True)

@@ -27,9 +27,10 @@ class GraphedStep:
 
     fused: "auto" (fused Triton step when the model supports it), True, or False (model.step).
     temperature / top_k / top_p: the sampler recorded into the graph (None temperature: logits
-        only, no sampling; 0: greedy). Plain temperature sampling on the fused path runs in a
-        Triton kernel (Gumbel-max on Philox noise keyed by ``seed``); top-k / top-p use the
-        model's ``sample_next`` (torch ops on the default CUDA generator) inside the graph.
+        only, no sampling; 0: greedy). Plain temperature sampling on the fused path runs inside
+        the fused head kernel (Gumbel-max on Philox noise keyed by ``seed``); top-k / top-p use
+        the model's ``sample_next`` (torch ops on the default CUDA generator; multinomial is
+        capturable in torch 2.11) inside the graph.
     steps_per_replay: decode steps recorded into one graph (needs a sampler, since each step's
         input is the previous step's sample). More steps per replay amortise the replay launch.
     max_tokens: size of the token buffer that ``generate`` fills.

@@ -1,4 +1,4 @@
-"""A whole Mamba LM decode step in 2 * n_layer + 1 Triton launches (+1 for sampling).
+"""A whole Mamba LM decode step, sampling included, in 2 * n_layer + 1 Triton launches.
 
 At batch 1 a decode step is a chain of tiny matrix-vector products: the eager ``MambaLM.step``
 issues ~10 kernels a layer, and even inside a CUDA graph each launch costs microseconds of fixed
@@ -13,8 +13,9 @@ single round of independent loads (no loops: their trips would serialise the mem
                update, D skip, SiLU(z) gate, + this block's share of out_proj, again a partial sum
 
 Partial sums (not atomics) keep the results deterministic; the next kernel adds them. Then one
-kernel for the final norm + LM head, and one for Gumbel-max sampling that also writes the chosen
-token back into the step's input buffer (so captured steps can be replayed back to back).
+kernel for the final norm + LM head whose last program to finish also draws the next token
+(Gumbel-max) and writes it back into the step's input buffer, so captured steps can be replayed
+back to back.
 
 Everything is computed in float32 from the model's weights (read in place, so training updates
 are seen). The residual stream stays float32 throughout, which matches the model when

@@ -152,7 +152,7 @@ def test_recipes_load_and_name_their_classes():
     demo = load_finetune_recipe(REPO / "recipes" / "species-demo.yaml")
     assert demo.model.head == "classification" and demo.model.num_classes == 5
     assert demo.model.class_names == ["human", "chimpanzee", "c_elegans", "e_coli", "s_aureus"]
-    assert demo.model.pooling == "last" and demo.model.vocab_size == 10
+    assert demo.model.pooling == "mean" and demo.model.vocab_size == 10  # set in the recipe
     apes = load_finetune_recipe(REPO / "recipes" / "great-apes.yaml")
     assert [s.assembly for s in apes.data.species] == ["hg38", "panTro6", "gorGor6", "ponAbe3", "panPan3"]
     assert all(s.url.startswith("https://hgdownload.soe.ucsc.edu/goldenPath/") for s in apes.data.species)
@@ -160,8 +160,9 @@ def test_recipes_load_and_name_their_classes():
     assert apes.trainer.max_steps == 10 * 1024
     assert apes.schedule.warmup_steps == 5 * 1024
     assert apes.schedule.min_lr_ratio == pytest.approx(1e-6 / 1e-4)
-    bi = load_finetune_recipe(REPO / "recipes" / "species-demo.yaml", ["model.bidirectional=true"])
-    assert bi.model.pooling == "mean"
+    assert apes.model.pooling == "last"  # causal backbone: the last token by default
+    bi = load_finetune_recipe(REPO / "recipes" / "great-apes.yaml", ["model.bidirectional=true"])
+    assert bi.model.pooling == "mean"  # bidirectional: the mean by default
     with pytest.raises(ConfigError, match="num_classes"):
         load_finetune_recipe(REPO / "recipes" / "species-demo.yaml", ["model.num_classes=3"])
 
