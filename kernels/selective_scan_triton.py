@@ -2,28 +2,33 @@
 
     x_t = exp(delta_t * A) * x_{t-1} + delta_t * B_t * u_t,   y_t = <x_t, C_t> + D u_t,   out = y * silu(z)
 
-The expanded state (batch, L, dim, N) never reaches HBM. Two layouts, each where it is cheapest:
+The expanded state (batch, L, dim, N) never reaches HBM. Every kernel uses one layout: a thread owns
+one channel, all its N states and a register tile of 4 time steps (``_split4`` gives the per-step
+slices), lanes and warps span channels. The recurrence is then plain in-thread arithmetic (per state
+and step: one exp2 and a few multiply-adds), with no cross-lane scans; Triton's own scan lowering
+put time across lanes and cost ~15x more instructions.
 
-* Forward (``_fwd_kernel``): one thread owns one channel and all its N states and walks time in
-  register tiles of T steps, so the recurrence is plain in-thread arithmetic (per state and step: one
-  exp2, three multiply-adds). It writes the state every CKPT steps ("checkpoints", fp32, N values:
-  small) for the backward. Few channels and a long sequence give too few threads, so the sequence is
-  also cut into chunks scanned in parallel: pass 1 (same kernel, STATE_ONLY) scans each chunk from a
-  zero state and keeps its end state and its delta sum; ``_fwd_combine_kernel`` chains the chunk
-  carries (h_next = exp(A * sum delta) * h + h_local); pass 3 rescans every chunk from its true start.
-* Backward (``_bwd_kernel``): a tile is (N states) x (TB steps) of one channel with time across the
-  lanes, and a program loops over G channels that share B/C, so dB/dC, which sum over channels,
-  accumulate in registers. Per tile it recomputes the states from the checkpoint (forward scan), runs
-  the adjoint lam_t = C_t dy_t + exp(delta_{t+1} A) lam_{t+1} as a reverse scan, and forms every
-  gradient. The adjoint carry between chunks comes from ``_bwd_state_kernel`` (each chunk's adjoint
-  at its start from a zero carry) and ``_bwd_combine_kernel``, mirroring the forward.
+* Forward (``_fwd_kernel``): walks its chunk of time tile by tile and writes the state every CKPT
+  steps (fp32 "checkpoints", N values per channel) when a backward will follow. Few channels and a
+  long sequence give too few threads, so the sequence is cut into chunks scanned in parallel: pass 1
+  (same kernel, STATE_ONLY) scans each chunk from a zero state, keeping its end state and delta sum;
+  ``_fwd_combine_kernel`` chains the carries (h_next = exp(A sum delta) h + h_local); pass 3 rescans
+  each chunk from its true start.
+* Backward (``_bwd_kernel``): walks its chunk from the end, one checkpoint block at a time: rescan
+  the block forward from its checkpoint, keeping the state entering each tile in a per-program
+  scratch (L2), then run the tiles in reverse: recompute the tile's states, run the adjoint
+  lam_t = C_t dy_t + exp(delta_{t+1} A) lam_{t+1} step by step, and form every gradient. dA, dD,
+  d(delta_bias) and time-invariant dB/dC accumulate per thread over the whole chunk; variable dB/dC
+  sum over channels, i.e. across lanes, which ``_chan_sum`` does on tensor cores (z @ ones through
+  shared memory). The adjoint carry between chunks comes from ``_bwd_state_kernel`` (each chunk's
+  adjoint at its start from a zero carry) and ``_bwd_combine_kernel``, mirroring the forward.
 
 exp is computed as exp2 with log2(e) folded into A. State and accumulation are fp32 for every input
-dtype. Triton >= 3.0 (associative_scan with reverse=True).
+dtype (variable dB/dC of bf16 inputs are summed over channels with tf32 operands). Needs Triton with
+tl.join/tl.split (3.0+); tested with 3.6 on an H100 and 3.8's interpreter.
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -35,7 +40,6 @@ LOG2E = tl.constexpr(1.4426950408889634)
 # approximate-math inline PTX on the GPU; the interpreter (TRITON_INTERPRET=1) runs plain Triton ops
 FAST_MATH = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 _MAX_N = 64  # states per channel held in registers; larger N goes to the chunked PyTorch path
-_T = 4       # time steps per register tile (fixed: the tile is split into 4 per-step slices)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -937,7 +941,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     (batch, dim, N) in fp32. Every input that requires grad gets one, initial_state included, and a
     gradient flowing into last_state is propagated. ``config`` overrides the launch heuristics.
     """
-    if A.shape[-1] > _MAX_N:
+    if A.shape[-1] > _MAX_N or u.shape[-1] == 0:  # too many states for registers, or nothing to scan
         from .selective_scan_torch import selective_scan_chunked
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                       return_last_state, initial_state)

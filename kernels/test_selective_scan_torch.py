@@ -257,7 +257,9 @@ def test_empty_sequence():
     assert out.shape == (2, 4, 0) and torch.equal(last, x0)
 
 
-def test_public_entry_point_on_cpu():
+def test_public_entry_point_on_cpu(monkeypatch):
+    """selective_scan_fn routes CPU tensors here (on the default "auto" path and on "torch")."""
+    monkeypatch.setenv("SEQMAMBA_KERNELS", "torch")
     seed = draw_seed()
     t = make_inputs(seed, 2, 8, 4, 50, "shared", "shared", ALL)
     args = (t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True, True,
