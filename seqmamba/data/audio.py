@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, ModelConfig, TypedConfig
-from ..training.config import OptimConfig, ScheduleConfig, TrainerConfig, build_recipe, dump_recipe
+from ..training.config import OptimConfig, ScheduleConfig, TrainerConfig, dump_recipe
+from ..training.recipe import build_named_recipe, check_run_name
 
 __all__ = [
     "AUDIO_EXTENSIONS", "AudioDataError", "AudioFolder", "AudioSplit", "SkippedFile",
@@ -343,8 +344,7 @@ class AudioPretrainRecipe(TypedConfig):
         tok = (self.model.tokenizer or {}).get("name")
         if tok != "mulaw":
             raise ConfigError(f"model.tokenizer: audio data needs the mulaw tokenizer, got {tok!r}")
-        if not self.name or any(c in self.name for c in "/\\"):
-            raise ConfigError(f"name: must be a plain folder-name prefix, got {self.name!r}")
+        check_run_name(self.name)
 
 
 def is_audio_recipe(data: dict) -> bool:
@@ -355,15 +355,10 @@ def is_audio_recipe(data: dict) -> bool:
 
 def build_audio_recipe(data: dict, path=None) -> AudioPretrainRecipe:
     """A checked AudioPretrainRecipe from a merged recipe dict (mu-law tokenizer by default)."""
-    from ..training.recipe import _fill_tokenizer
-
-    if path is not None and "name" not in data:
-        data["name"] = Path(path).stem
     model = data.get("model")
     if isinstance(model, dict):
         model.setdefault("tokenizer", dict(DEFAULT_AUDIO_TOKENIZER))
-    _fill_tokenizer(data)
-    return build_recipe(AudioPretrainRecipe, data)
+    return build_named_recipe(AudioPretrainRecipe, data, path)
 
 
 def build_audio_pretraining(recipe: AudioPretrainRecipe, echo: Callable[[str], None] = print):

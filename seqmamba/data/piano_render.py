@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
-import soundfile as sf
 
 __all__ = [
     "PianoRenderError", "NoteEvent", "SOLO_PIANO_WORKS", "DEFAULT_SAMPLE_RATE", "require_music21",
@@ -318,6 +317,8 @@ def _fluidsynth_render(score, soundfont: Path, sr: int, max_seconds: Optional[fl
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not wav.is_file():
             raise PianoRenderError(f"fluidsynth failed: {(proc.stderr or proc.stdout).strip()[:300]}")
+        import soundfile as sf  # here, not at module top: `seqmamba` CLI start stays light
+
         data, file_sr = sf.read(str(wav), dtype="float32", always_2d=True)
     mono = data.mean(axis=1)
     if file_sr != sr:
@@ -365,6 +366,8 @@ def render_corpus(out: str | os.PathLike, max_pieces: Optional[int] = 64, synth:
     PROVENANCE.md.  Everything is written to a temporary sibling folder first and moved into
     place at the end, so a failure leaves no half-written corpus.  Returns a summary dict."""
     music21 = require_music21()
+    import soundfile as sf  # here, not at module top: `seqmamba` CLI start stays light
+
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise PianoRenderError(f"{out} already exists and is not empty (pass --overwrite to replace it)")

@@ -28,9 +28,8 @@ from typing import Callable, Optional
 from ..config import ConfigError, ModelConfig, TypedConfig
 from ..data.species import SpeciesDataConfig, SpeciesGenome, SpeciesSource, SpeciesWindowDataset, \
     missing_species_message
-from ..training.config import (OptimConfig, ScheduleConfig, TrainerConfig, build_recipe, dump_recipe,
-                               load_recipe_dict)
-from ..training.recipe import MissingDataError, _fill_tokenizer
+from ..training.config import OptimConfig, ScheduleConfig, TrainerConfig, dump_recipe, load_recipe_dict
+from ..training.recipe import MissingDataError, build_named_recipe, check_run_name
 
 __all__ = ["FinetuneRecipe", "load_finetune_recipe", "build_finetuning", "finetune",
            "evaluate_windows", "register", "RECIPE_NAME"]
@@ -68,8 +67,7 @@ class FinetuneRecipe(TypedConfig):
         if self.model.num_classes != len(self.data.species):
             raise ConfigError(f"model.num_classes: {self.model.num_classes} but data.species lists "
                               f"{len(self.data.species)} species (leave it out)")
-        if not self.name or any(c in self.name for c in "/\\"):
-            raise ConfigError(f"name: must be a plain folder-name prefix, got {self.name!r}")
+        check_run_name(self.name)
 
 
 def _load_pretrained(path: str):
@@ -113,17 +111,14 @@ def _prepare_model(data: dict) -> None:
     model["head"] = "classification"
     model.setdefault("pooling", "mean" if model.get("bidirectional") else "last")
     data["model"] = model
-    _fill_tokenizer(data)
 
 
 def load_finetune_recipe(path: str | os.PathLike | None, overrides: list[str] = (),
                          base: dict | None = None) -> FinetuneRecipe:
     """Read a recipe YAML (or ``base`` dict), apply ``key=value`` overrides, check it all."""
     data = load_recipe_dict(path, overrides, base)
-    if path is not None and "name" not in data:
-        data["name"] = Path(path).stem
     _prepare_model(data)
-    return build_recipe(FinetuneRecipe, data)
+    return build_named_recipe(FinetuneRecipe, data, path)
 
 
 def _copy_backbone(model, pretrained, source: str) -> None:

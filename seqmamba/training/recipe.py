@@ -21,7 +21,7 @@ from ..config import ConfigError, ModelConfig, TypedConfig
 from .config import OptimConfig, ScheduleConfig, TrainerConfig, build_recipe, load_recipe_dict
 
 __all__ = ["GenomeDataConfig", "PretrainRecipe", "load_pretrain_recipe", "MissingDataError",
-           "fill_tokenizer"]
+           "fill_tokenizer", "check_run_name", "build_named_recipe"]
 
 DEFAULT_TOKENIZER = {"name": "dna_char"}
 
@@ -78,8 +78,13 @@ class PretrainRecipe(TypedConfig):
     def validate(self, prefix: str) -> None:
         if self.model.head != "lm":
             raise ConfigError(f"model.head: pretraining trains a language model, got {self.model.head!r}")
-        if not self.name or any(c in self.name for c in "/\\"):
-            raise ConfigError(f"name: must be a plain folder-name prefix, got {self.name!r}")
+        check_run_name(self.name)
+
+
+def check_run_name(name: str) -> None:
+    """Every recipe's ``name`` prefixes its run folder, so it must not be empty or hold a path."""
+    if not name or any(c in name for c in "/\\"):
+        raise ConfigError(f"name: must be a plain folder-name prefix, got {name!r}")
 
 
 def fill_tokenizer(data: dict) -> None:
@@ -103,7 +108,13 @@ def fill_tokenizer(data: dict) -> None:
                           f"tokenizer's {tokenizer.vocab_size} (leave it out to use the tokenizer's)")
 
 
-_fill_tokenizer = fill_tokenizer  # the name other recipe loaders imported first
+def build_named_recipe(cls, data: dict, path: str | os.PathLike | None):
+    """The checked recipe ``cls`` from a merged recipe dict, as every recipe loader finishes:
+    the run name defaults to the recipe file's stem, then the tokenizer fills the model section."""
+    if path is not None and "name" not in data:
+        data["name"] = Path(path).stem
+    fill_tokenizer(data)
+    return build_recipe(cls, data)
 
 
 def load_pretrain_recipe(path: str | os.PathLike | None, overrides: list[str] = (),
@@ -113,7 +124,4 @@ def load_pretrain_recipe(path: str | os.PathLike | None, overrides: list[str] = 
     from ..data.audio import build_audio_recipe, is_audio_recipe
     if is_audio_recipe(data):  # data.audio_dir: an audio recipe (seqmamba.data.audio)
         return build_audio_recipe(data, path)
-    if path is not None and "name" not in data:
-        data["name"] = Path(path).stem
-    fill_tokenizer(data)
-    return build_recipe(PretrainRecipe, data)
+    return build_named_recipe(PretrainRecipe, data, path)
