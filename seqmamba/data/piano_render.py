@@ -311,7 +311,10 @@ def _fluidsynth_render(score, soundfont: Path, sr: int, max_seconds: Optional[fl
         first.insert(0, tempo.MetronomeMark(number=DEFAULT_QPM))
     with tempfile.TemporaryDirectory(prefix="seqmamba-fs-") as tmp:
         mid, wav = Path(tmp) / "piece.mid", Path(tmp) / "piece.wav"
-        score.write("midi", fp=str(mid))
+        try:
+            score.write("midi", fp=str(mid))
+        except Exception as e:  # music21 raises its own types for scores it cannot unfold (bad repeats...)
+            raise PianoRenderError(f"cannot write MIDI: {type(e).__name__}: {e}") from e
         cmd = ["fluidsynth", "-ni", "-q", "-g", "0.6", "-r", str(sr), "-F", str(wav),
                str(soundfont), str(mid)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
