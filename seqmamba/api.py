@@ -18,7 +18,7 @@ import torch
 
 from .data.fasta import FastaRecord, as_records
 
-__all__ = ["embed", "embed_records", "load_model", "resolve_device"]
+__all__ = ["embed", "embed_records", "load_model", "require_dna_model", "resolve_device"]
 
 
 def resolve_device(device: Union[str, torch.device, None] = None) -> torch.device:
@@ -54,6 +54,17 @@ def load_model(model_or_path, device: Union[str, torch.device, None] = None):
     return model.eval()
 
 
+def require_dna_model(model, what: str = "this command") -> None:
+    """Refuse a model whose tokenizer does not read DNA text (an audio model given to a DNA
+    command would otherwise fail deep inside the tokenizer)."""
+    tok = getattr(model, "tokenizer", None)
+    name = str(getattr(tok, "name", "") or "")
+    if tok is not None and not name.startswith("dna"):
+        kind = "an audio model (mu-law tokenizer)" if name == "mulaw" else f"a {name!r}-tokenizer model"
+        raise ValueError(f"{what} reads DNA sequences, but the model is {kind}; give a DNA model "
+                         "(tokenizer dna_char, dna_kmer or dna_byte)")
+
+
 def _batches(order: Sequence[int], batch_size: int) -> Iterable[list[int]]:
     for i in range(0, len(order), batch_size):
         yield list(order[i:i + batch_size])
@@ -67,6 +78,7 @@ def embed_records(model, records: Sequence[FastaRecord], pooling: str = "mean", 
         raise ValueError(f"pooling must be 'mean', 'last' or 'none', got {pooling!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    require_dna_model(model, "embedding")
     tok, device = model.tokenizer, model.device
     # Longest first: similar lengths share a batch, and an out-of-memory shows up at once.
     order = sorted(range(len(records)), key=lambda i: -len(records[i].sequence))

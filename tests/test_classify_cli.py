@@ -168,6 +168,46 @@ def test_existing_output_survives_a_failed_run(ckpt, tmp_path):
     assert res.exit_code == 1 and out.read_text() == "previous results\n"
 
 
+@pytest.mark.parametrize("command", ["classify", "score", "embed", "probe"])
+def test_an_audio_model_given_to_a_dna_command_is_one_error_line(tmp_path, command):
+    # Used to end in a TypeError traceback from inside the mu-law tokenizer.
+    tok = get_tokenizer("mulaw")
+    audio = tmp_path / "audio"
+    build_model(dict(d_model=8, n_layer=1, vocab_size=tok.vocab_size,
+                     head="classification" if command == "classify" else "lm", num_classes=2
+                     if command == "classify" else None), tokenizer=tok).save_pretrained(audio)
+    fa = tmp_path / "in.fa"
+    fa.write_text(">a\nACGTACGT\n>b\nGGGGCCCC\n")
+    classes = tmp_path / "classes"
+    classes.mkdir()
+    (classes / "x.fa").write_text(">x1\nACGT\n>x2\nACGA\n")
+    (classes / "y.fa").write_text(">y1\nGGCC\n>y2\nGGCG\n")
+    out = tmp_path / ("o.npy" if command == "embed" else "o.tsv")
+    args = {"classify": [str(audio), str(fa), "--out", str(out)],
+            "score": [str(audio), str(fa), "--out", str(out)],
+            "embed": [str(audio), str(fa), "--out", str(out)],
+            "probe": [str(audio), "--train", str(classes), "--out", str(out)]}[command]
+    res = runner.invoke(app, [command, *args])
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "audio model (mu-law tokenizer)" in lines[0], res.stderr
+    assert not out.exists()
+
+
+def test_os_errors_read_as_path_then_reason(capsys):
+    import typer
+
+    from seqmamba.tasks.classify import cli_errors
+
+    with pytest.raises(typer.Exit) as exit_info:
+        with cli_errors():
+            open("/nonexistent-folder-seqmamba/x.json", "w")
+    assert exit_info.value.exit_code == 1
+    # not "[Errno 2] No such file or directory: '/nonexistent-folder-seqmamba/x.json'"
+    assert capsys.readouterr().err == \
+        "error: /nonexistent-folder-seqmamba/x.json: No such file or directory\n"
+
+
 def test_unusable_checkpoints_are_clear_errors(tmp_path):
     fa = tmp_path / "in.fa"
     fa.write_text(">a\nACGT\n")

@@ -136,6 +136,15 @@ def test_decompress_is_atomic(tmp_path):
     assert not (tmp_path / "h.fa").exists() and not (tmp_path / "h.fa.part").exists()
 
 
+def test_data_hg38_out_that_is_a_file_is_one_clear_line(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("keep me\n")
+    result = CliRunner().invoke(app, ["data", "hg38", "--out", str(taken)])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: --out {taken}: exists and is not a folder"  # was "[Errno 17] ..."
+    assert taken.read_text() == "keep me\n"
+
+
 def test_data_hg38_command_downloads_decompresses_and_indexes(server, tmp_path, monkeypatch):
     import gzip
 

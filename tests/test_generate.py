@@ -138,6 +138,11 @@ def test_audio_stats_compares_generated_with_real(ckpt, tmp_path):
                             str(tmp_path / "s.json")])
     assert r.exit_code == 0, r.output
     stats = json.loads((tmp_path / "s.json").read_text())
+    # A bad --out fails before the report is printed, with "path: reason", and keeps old files.
+    r = runner.invoke(app, ["audio-stats", str(gen), "--real", str(real), "--out",
+                            str(tmp_path / "nope" / "s.json")])
+    assert r.exit_code == 1 and r.stdout == "", r.output
+    assert r.stderr.strip() == f"error: {tmp_path / 'nope'}: output folder does not exist"
     # An untrained model produces noise; the real sine tones have none.
     assert stats["noise_frame_rate"]["real"] == 0.0
     assert stats["noise_frame_rate"]["generated"] > 0.5 and stats["histogram_kl_bits"] > 0.1

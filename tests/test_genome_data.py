@@ -102,6 +102,14 @@ def test_bed_parsing_and_errors(tmp_path):
         read_bed(bed)
     with pytest.raises(GenomeError, match="no such BED file"):
         read_bed(tmp_path / "missing.bed")
+    with pytest.raises(GenomeError, match="is a folder"):
+        read_bed(tmp_path)
+    # A binary (e.g. gzipped) BED: a short line naming the problem, not the mangled bytes.
+    import gzip
+    bed.write_bytes(gzip.compress(b"chr1\t0\t5\ttrain\n" * 50))
+    with pytest.raises(GenomeError, match=r"a.bed:1: binary data, not BED text") as err:
+        read_bed(bed)
+    assert len(str(err.value)) < 150
 
 
 def test_genome_splits_and_consistency_checks(genome, tmp_path):

@@ -69,13 +69,34 @@ def test_run_folder_has_log_plot_checkpoints_and_loadable_export(trained_run):
     ("trainer.max_steps=abc", "trainer.max_steps: expected int"),
     ("model.d_model=-4", "model.d_model: must be >= 1"),
     ("max_steps", "override 'max_steps': expected key=value"),
+    # a YAML syntax error in one override: named, on one line (was a 4-line YAML parser message)
+    ("model=[1", "override 'model=[1': did not find expected ',' or ']'"),
 ])
 def test_bad_overrides_are_one_line_and_exit_2(recipe_file, tmp_path, override, message):
     result = runner.invoke(app, ["pretrain", str(recipe_file), override, f"trainer.runs_dir={tmp_path}"])
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+    assert len([ln for ln in result.output.splitlines() if ln.strip()]) == 1, result.output
     assert not any(tmp_path.iterdir())  # no run folder for a recipe that never started
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_unreadable_recipes_are_one_line(tmp_path, command):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\nmodel: {d_model: 16\ntrainer: {max_steps: 1}\n")
+    run = tmp_path / "run"  # a run folder whose saved recipe.yaml got damaged (was a traceback)
+    run.mkdir()
+    (run / "recipe.yaml").write_text(broken.read_text())
+    for args, message in [([str(broken)], "broken.yaml: not a valid YAML recipe (line 3: "),
+                          ([str(tmp_path)], "is a folder, expected a recipe YAML file"),
+                          # (finetune's RECIPE argument is required even with --resume)
+                          (["--resume", str(run)] + ([str(broken)] if command == "finetune" else []),
+                           "run/recipe.yaml: not a valid YAML recipe (line 3: ")]:
+        result = runner.invoke(app, [command, *args])
+        assert result.exit_code != 0, result.output
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and message in lines[0], result.output
 
 
 def test_missing_data_names_the_file_and_the_command_that_gets_it(tmp_path, monkeypatch):

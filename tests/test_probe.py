@@ -92,3 +92,42 @@ def test_probe_cli_separates_gc_rich_from_at_rich(model_dir, tmp_path):
 def test_probe_cli_errors(model_dir, tmp_path):
     res = runner.invoke(app, ["probe", str(model_dir), "--train", str(tmp_path / "missing")])
     assert res.exit_code == 1 and "error: " in res.stderr and "no such file" in res.stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--window", "0"], "--window must be >= 1"),           # was silently ignored
+    (["--max-per-class", "0"], "--max-per-class must be >= 1"),  # was "need at least one array"
+    (["--cv", "1"], "--cv must be >= 2 folds, or 0"),     # was "a class has fewer than 2 examples"
+    (["--train-file"], "one FASTA file has no labels"),   # a single FASTA was read as a TSV
+    (["--train-binary"], "not a UTF-8 text TSV"),         # was a bare UnicodeDecodeError text
+    (["--out-missing-folder"], "output folder does not exist"),  # after the PNG was written
+])
+def test_probe_bad_options_and_files_are_one_line_and_write_nothing(model_dir, tmp_path, extra,
+                                                                     message):
+    rng = np.random.default_rng(0)
+    train = tmp_path / "train"
+    write_class_dir(train, rng, n=4, length=20)
+    args = ["probe", str(model_dir), "--train", str(train), "--no-progress"]
+    if extra == ["--train-file"]:
+        args[3] = str(next(train.iterdir()))
+    elif extra == ["--train-binary"]:
+        (tmp_path / "b.tsv").write_bytes(bytes(range(256)))
+        args[3] = str(tmp_path / "b.tsv")
+    elif extra == ["--out-missing-folder"]:
+        args += ["--test", str(train), "--confusion", str(tmp_path / "cm.png"),
+                 "--out", str(tmp_path / "nope" / "m.json")]
+    else:
+        args += extra
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and message in lines[0], res.stderr
+    assert res.stdout == "" and not (tmp_path / "cm.png").exists()
+
+
+def test_probe_cv_0_skips_cross_validation(model_dir, tmp_path):
+    train = tmp_path / "train"
+    write_class_dir(train, np.random.default_rng(0), n=4, length=20)
+    res = runner.invoke(app, ["probe", str(model_dir), "--train", str(train), "--cv", "0"])
+    assert res.exit_code == 0, res.output
+    assert "cross-validation skipped: --cv 0" in res.stdout

@@ -320,6 +320,8 @@ def test_mulaw_layout_clipping_and_errors():
         tok.decode(torch.tensor([3, 256]))
     with pytest.raises(TokenizerError, match="bits must be"):
         MuLawTokenizer(bits=1)
+    with pytest.raises(TokenizerError, match="not text"):  # a DNA string given to an audio model
+        tok.encode_batch(["ACGT"])
     batch = tok.encode_batch([torch.zeros(3), torch.zeros(1)])
     assert batch["input_ids"].tolist() == [[128, 128, 128], [128, 256, 256]]
     assert batch["attention_mask"].tolist() == [[True] * 3, [True, False, False]]

@@ -46,12 +46,17 @@ def read_bed(path: str | os.PathLike) -> list[tuple[str, int, int, str | None]]:
     not ``chrom start end [split]`` with 0 <= start < end raises GenomeError naming the line.
     """
     path = Path(path)
+    if path.is_dir():
+        raise GenomeError(f"{path}: is a folder, expected a BED file")
     if not path.is_file():
         raise GenomeError(f"{path}: no such BED file")
     rows = []
     with open(path, encoding="utf-8", errors="replace") as fh:
         for lineno, line in enumerate(fh, 1):
             text = line.rstrip("\r\n")
+            if "\x00" in text or "\ufffd" in text:  # undecodable bytes: not text at all
+                raise GenomeError(f"{path}:{lineno}: binary data, not BED text (a compressed "
+                                  "BED must be decompressed first)")
             if not text.strip() or text.startswith(("#", "track", "browser")):
                 continue
             fields = text.split("\t")
@@ -63,7 +68,7 @@ def read_bed(path: str | os.PathLike) -> list[tuple[str, int, int, str | None]]:
                 start, end = int(fields[1]), int(fields[2])
             except ValueError:
                 raise GenomeError(f"{path}:{lineno}: start/end must be integers, got "
-                                  f"{fields[1]!r} {fields[2]!r}") from None
+                                  f"{fields[1][:20]!r} {fields[2][:20]!r}") from None
             if not 0 <= start < end:
                 raise GenomeError(f"{path}:{lineno}: need 0 <= start < end, got {start} {end}")
             rows.append((fields[0], start, end, fields[3].strip() if len(fields) > 3 else None))

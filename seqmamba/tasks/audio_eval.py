@@ -243,7 +243,7 @@ def format_samples(s: dict) -> str:
 def register(app) -> None:
     import typer
 
-    from .classify import cli_errors
+    from .classify import atomic_output, cli_errors
 
     @app.command("audio-stats")
     def audio_stats_cmd(
@@ -258,19 +258,24 @@ def register(app) -> None:
         from seqmamba.data.audio import AudioFolder
 
         with cli_errors():
+            if sample_rate < 1:
+                raise ValueError(f"--sample-rate must be >= 1, got {sample_rate}")
             folder = AudioFolder.load(real, sample_rate=sample_rate)
             splits = folder.splits(split_seed)
             if split not in splits:
                 raise ValueError(f"--split must be one of {', '.join(splits)}, got {split!r}")
             stats = sample_statistics(generated, splits[split], sample_rate, folder.bits)
-            typer.echo(folder.report())
-            typer.echo(format_report({"split": split, "files": len(splits[split].names),
-                                      "seconds": splits[split].total_samples / sample_rate,
-                                      "bits_per_sample": [], "baselines": ngram_baselines(
-                                          splits["train"].codes, splits[split].codes),
-                                      "samples": stats}))
+            report = format_report({"split": split, "files": len(splits[split].names),
+                                    "seconds": splits[split].total_samples / sample_rate,
+                                    "bits_per_sample": [], "baselines": ngram_baselines(
+                                        splits["train"].codes, splits[split].codes),
+                                    "samples": stats})
+            # The JSON first: a bad --out fails before anything is printed.
             if out:
-                Path(out).write_text(json.dumps(stats, indent=2) + "\n")
+                with atomic_output(out, suffix=".json") as tmp:
+                    tmp.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+        typer.echo(folder.report())
+        typer.echo(report)
 
 
 def evaluate_command(model, model_path: str, audio_dir: Optional[str], seq_len: int,

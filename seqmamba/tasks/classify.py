@@ -35,7 +35,7 @@ from ..data.fasta import FastaRecord, iter_fasta
 from ..tokenizers.dna_alphabet import reverse_complement
 
 __all__ = ["window_starts", "window_log_probs", "aggregate_log_probs", "classify_records",
-           "class_names_of", "atomic_output", "cli_errors", "AGGREGATIONS"]
+           "class_names_of", "atomic_output", "check_output_path", "cli_errors", "AGGREGATIONS"]
 
 AGGREGATIONS = ("logprob", "prob")
 DEFAULT_WINDOW = 1024
@@ -75,6 +75,8 @@ def check_classifier(model) -> None:
         raise ValueError(
             f"the checkpoint is a {getattr(model.config, 'head', '?')!r} model, not a classifier; "
             "fine-tune one first (seqmamba finetune recipes/species-demo.yaml)")
+    from ..api import require_dna_model
+    require_dna_model(model, "classify")
 
 
 @torch.inference_mode()
@@ -183,15 +185,22 @@ def _umask() -> int:
     return mask
 
 
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Fail early (ValueError) when ``path`` cannot be an output file: it is a folder, or its
+    folder does not exist. Commands call this before any work so a bad --out costs nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, expected an output file name")
+    if not path.parent.is_dir():
+        raise ValueError(f"{path.parent}: output folder does not exist")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path beside ``path``; rename it to ``path`` only when the block
     completes. On any error the temporary file is removed and ``path`` is left untouched."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path}: is a folder, expected an output file name")
-    if not path.parent.exists():
-        raise ValueError(f"{path.parent}: output folder does not exist")
+    path = check_output_path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".part")
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode of a new file
@@ -216,8 +225,9 @@ def cli_errors():
         if os.environ.get("SEQMAMBA_DEBUG"):
             traceback.print_exc()
         msg = str(e)
-        if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
-            msg = f"{e.filename}: {e.strerror or msg}"
+        if isinstance(e, OSError) and e.filename and e.strerror:
+            # "[Errno 2] No such file or directory: 'x'" -> "x: No such file or directory"
+            msg = f"{e.filename}: {e.strerror}"
         typer.echo(f"error: {msg}", err=True)
         raise typer.Exit(1) from None
     except torch.cuda.OutOfMemoryError:

@@ -75,13 +75,16 @@ def register(app) -> None:
     ):
         """Human genome hg38 + the Basenji/Enformer train/valid/test intervals (~3.1 GB on disk)."""
         from ..data.download import DownloadError
+        from .classify import cli_errors
 
-        try:
-            paths = fetch_hg38(out, source, keep_gz, progress=sys.stderr.isatty(),
-                               echo=lambda s: typer.echo(s, err=True))
-        except (DownloadError, ValueError, OSError) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1)
+        with cli_errors():  # ValueError / OSError: one line, exit status 1
+            if out.exists() and not out.is_dir():
+                raise ValueError(f"--out {out}: exists and is not a folder")
+            try:
+                paths = fetch_hg38(out, source, keep_gz, progress=sys.stderr.isatty(),
+                                   echo=lambda s: typer.echo(s, err=True))
+            except DownloadError as e:  # a RuntimeError: network or checksum trouble
+                raise ValueError(str(e)) from None
         typer.echo(f"genome: {paths['fasta']}\nBED:    {paths['bed']}")
         overrides = "" if source == "basenji" and out == Path("data/hg38") else \
             f" data.fasta={paths['fasta']} data.bed={paths['bed']}"

@@ -262,8 +262,7 @@ def register(app) -> None:
                 saved = Path(resume) / RECIPE_NAME
                 if not saved.is_file():
                     raise FileNotFoundError(f"{saved}: not found ({resume} is not a run folder)")
-                import yaml
-                rec = load_finetune_recipe(None, overrides or [], base=yaml.safe_load(saved.read_text()))
+                rec = load_finetune_recipe(saved, overrides or [])  # a damaged file: one line
             else:
                 rec = load_finetune_recipe(recipe, overrides or [])
             result, _ = finetune(rec, resume_dir=resume, echo=lambda s: typer.echo(s))

@@ -26,7 +26,7 @@ import numpy as np
 from ..data.fasta import FastaRecord, read_fasta
 from ..tokenizers.base import TokenizerError
 from ..tokenizers.dna_alphabet import dna_codes
-from .classify import atomic_output, cli_errors
+from .classify import atomic_output, check_output_path, cli_errors
 
 __all__ = ["LabelledSet", "load_labelled", "fit_probe", "run_probe", "format_probe", "register"]
 
@@ -59,6 +59,16 @@ def _class_name(path: Path) -> Optional[str]:
 
 
 def _read_tsv(path: Path) -> tuple[list[str], list[str]]:
+    if _class_name(path):
+        raise ValueError(f"{path}: one FASTA file has no labels; give a folder with one FASTA "
+                         "per class, or a TSV with 'sequence' and 'label' columns")
+    try:
+        return _parse_tsv(path)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text TSV (binary or compressed file?)") from None
+
+
+def _parse_tsv(path: Path) -> tuple[list[str], list[str]]:
     seqs, labels = [], []
     with open(path, encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh, delimiter="\t")
@@ -97,6 +107,10 @@ def _evenly(items: list, k: Optional[int]) -> list:
 def load_labelled(source: str | Path, window: Optional[int] = None,
                   max_per_class: Optional[int] = None) -> LabelledSet:
     """Read a class folder or a TSV (see module doc)."""
+    if window is not None and window < 1:
+        raise ValueError(f"--window must be >= 1, got {window}")
+    if max_per_class is not None and max_per_class < 1:
+        raise ValueError(f"--max-per-class must be >= 1, got {max_per_class}")
     path = Path(source)
     by_class: dict[str, list[str]] = {}
     if path.is_dir():
@@ -133,13 +147,19 @@ def _make_probe(seed: int = 0):
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=seed))
 
 
+def _check_cv(cv: int) -> None:
+    if cv == 1 or cv < 0:
+        raise ValueError(f"--cv must be >= 2 folds, or 0 to skip cross-validation, got {cv}")
+
+
 def fit_probe(X_train: np.ndarray, y_train: Sequence[str], X_test: Optional[np.ndarray] = None,
               y_test: Optional[Sequence[str]] = None, cv: int = 5, seed: int = 0) -> dict:
     """Cross-validated (and optionally held-out) accuracy of a logistic-regression probe.
 
     ``cv`` folds are stratified; it is lowered to the size of the smallest class when needed
-    (at least 2 examples per class are required for cross-validation).
+    (at least 2 examples per class are required for cross-validation). ``cv=0`` skips it.
     """
+    _check_cv(cv)
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
     from ..metrics import classification_metrics
@@ -155,7 +175,8 @@ def fit_probe(X_train: np.ndarray, y_train: Sequence[str], X_test: Optional[np.n
         result.update(cv_folds=folds, cv_accuracy=float(scores.mean()),
                       cv_accuracy_std=float(scores.std()))
     else:
-        result.update(cv_folds=0, cv_accuracy=None, cv_accuracy_std=None)
+        result.update(cv_folds=0, cv_accuracy=None, cv_accuracy_std=None,
+                      cv_skipped="--cv 0" if cv == 0 else "a class has fewer than 2 examples")
     if X_test is not None:
         unknown = sorted(set(y_test) - set(classes))
         if unknown:
@@ -175,6 +196,7 @@ def run_probe(checkpoint: str, train: str, test: Optional[str] = None, pooling: 
 
     if pooling not in ("mean", "last"):
         raise ValueError(f"--pooling must be 'mean' or 'last' for a probe, got {pooling!r}")
+    _check_cv(cv)  # before the embedding work, not after it
     train_set = load_labelled(train, window, max_per_class)
     test_set = load_labelled(test, window, max_per_class) if test else None
     model = load_model(checkpoint, device)
@@ -200,7 +222,8 @@ def format_probe(result: dict) -> str:
         lines.append(f"cross-validated accuracy ({result['cv_folds']}-fold): "
                      f"{result['cv_accuracy']:.4f} +- {result['cv_accuracy_std']:.4f}")
     else:
-        lines.append("cross-validation skipped: a class has fewer than 2 examples")
+        reason = result.get("cv_skipped", "a class has fewer than 2 examples")
+        lines.append(f"cross-validation skipped: {reason}")
     if "test_accuracy" in result:
         from ..metrics import format_metrics
         lines.append(f"test ({result['n_test']} examples):")
@@ -220,7 +243,7 @@ def register(app) -> None:
         layer: int = typer.Option(-1, help="-1 = final normed hidden; i = after block i."),
         window: Optional[int] = typer.Option(None, help="Cut sequences into non-overlapping windows of this many bases."),
         max_per_class: Optional[int] = typer.Option(None, "--max-per-class", help="Keep at most this many examples per class."),
-        cv: int = typer.Option(5, help="Cross-validation folds."),
+        cv: int = typer.Option(5, help="Cross-validation folds (0 = skip)."),
         batch_size: int = typer.Option(8, "--batch-size"),
         device: str = typer.Option("auto"),
         seed: int = typer.Option(0),
@@ -232,6 +255,8 @@ def register(app) -> None:
         with cli_errors():
             if confusion and not test:
                 raise ValueError("--confusion needs --test")
+            if out:  # checked now: the PNG below must not be written when the JSON cannot be
+                check_output_path(out)
             result = run_probe(checkpoint, train, test, pooling=pooling, layer=layer, window=window,
                                max_per_class=max_per_class, cv=cv, batch_size=batch_size,
                                device=device, seed=seed, progress=progress and sys.stderr.isatty())

@@ -32,6 +32,8 @@ def _check_causal_lm(model) -> None:
     if cfg.bidirectional:
         raise ValueError("score needs a causal language model; this one is bidirectional (each "
                          "position sees the future, so its likelihoods are not a sequence's)")
+    from ..api import require_dna_model
+    require_dna_model(model, "score")
 
 
 def score_batch(model, ids: torch.Tensor, lengths: torch.Tensor, chunk: int,

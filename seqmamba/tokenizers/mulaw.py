@@ -52,6 +52,9 @@ class MuLawTokenizer(Tokenizer):
 
     @staticmethod
     def _as_waveform(x: Any) -> torch.Tensor:
+        if isinstance(x, (str, bytes)):  # e.g. a DNA sequence handed to an audio model
+            raise TokenizerError("the mu-law tokenizer encodes audio waveforms (floats in [-1, 1]), "
+                                 f"not text; got {type(x).__name__} {x[:20]!r}")
         t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
         if not t.is_floating_point():
             raise TokenizerError(

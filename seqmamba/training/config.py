@@ -165,10 +165,22 @@ def _parse_overrides(overrides: list[str]):
         key, sep, _ = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r}: expected key=value (e.g. trainer.max_steps=100)")
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except Exception as e:  # omegaconf's grammar errors
-        raise ConfigError(f"overrides: {e}") from None
+    for item in overrides:  # one at a time, so the error names the bad override
+        try:
+            OmegaConf.from_dotlist([item])
+        except Exception as e:  # omegaconf's grammar errors and YAML errors (multi-line)
+            raise ConfigError(f"override {item!r}: {_first_line(e)}") from None
+    return OmegaConf.from_dotlist(list(overrides))
+
+
+def _first_line(err: Exception) -> str:
+    """One line of a parser error: a YAML error's ``problem`` ("did not find expected ','"),
+    else the first line of the message."""
+    problem = getattr(err, "problem", None)
+    if problem:
+        return problem
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def load_recipe_dict(path: str | os.PathLike | None, overrides: list[str] = (),
@@ -180,13 +192,16 @@ def load_recipe_dict(path: str | os.PathLike | None, overrides: list[str] = (),
 
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder, expected a recipe YAML file")
         if not path.is_file():
             raise ConfigError(f"{path}: recipe file not found")
         try:
             cfg = OmegaConf.load(path)
-        except Exception as e:  # yaml.YAMLError and friends: one line
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"{path}: not a valid YAML recipe ({first})") from None
+        except Exception as e:  # yaml.YAMLError and friends: one line, with the line number
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}: " if mark is not None else ""
+            raise ConfigError(f"{path}: not a valid YAML recipe ({where}{_first_line(e)})") from None
         if not isinstance(OmegaConf.to_container(cfg), dict):
             raise ConfigError(f"{path}: a recipe must be a YAML mapping of sections")
     else:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Callable
 
 import lightning as L
-import yaml
 
 from ..config import ConfigError
 from ..data.genome import Genome
@@ -35,7 +34,8 @@ def load_run_recipe(run_dir: str | os.PathLike, overrides: list[str] = ()) -> Pr
     path = Path(run_dir) / RECIPE_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found ({run_dir} is not a seqmamba run folder)")
-    return load_pretrain_recipe(None, overrides, base=yaml.safe_load(path.read_text()))
+    # Read like any recipe file, so a damaged recipe.yaml is one ConfigError line.
+    return load_pretrain_recipe(path, overrides)
 
 
 def build_pretraining(recipe: PretrainRecipe):
