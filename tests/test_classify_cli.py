@@ -197,7 +197,7 @@ def test_an_audio_model_given_to_a_dna_command_is_one_error_line(tmp_path, comma
 def test_os_errors_read_as_path_then_reason(capsys):
     import typer
 
-    from seqmamba.tasks.classify import cli_errors
+    from seqmamba.tasks.cli_support import cli_errors
 
     with pytest.raises(typer.Exit) as exit_info:
         with cli_errors():

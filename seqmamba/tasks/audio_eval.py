@@ -243,7 +243,7 @@ def format_samples(s: dict) -> str:
 def register(app) -> None:
     import typer
 
-    from .classify import atomic_output, cli_errors
+    from .cli_support import atomic_output, cli_errors
 
     @app.command("audio-stats")
     def audio_stats_cmd(

@@ -18,14 +18,9 @@ prob_<class>...``; with ``--per-window``: ``id window start end predicted prob_<
 """
 from __future__ import annotations
 
-import contextlib
 import csv
-import os
 import sys
-import tempfile
-import traceback
 from collections import deque
-from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -33,6 +28,7 @@ import torch
 
 from ..data.fasta import FastaRecord, iter_fasta
 from ..tokenizers.dna_alphabet import reverse_complement
+from .cli_support import atomic_output, check_output_path, cli_errors  # noqa: F401 (re-exported)
 
 __all__ = ["window_starts", "window_log_probs", "aggregate_log_probs", "classify_records",
            "class_names_of", "atomic_output", "check_output_path", "cli_errors", "AGGREGATIONS"]
@@ -176,63 +172,6 @@ def classify_records(model, records: Iterable[FastaRecord], window: int = DEFAUL
         if bar is not None:
             bar.close()
 
-
-# ---- output and CLI plumbing -------------------------------------------------------------------
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def check_output_path(path: str | os.PathLike) -> Path:
-    """Fail early (ValueError) when ``path`` cannot be an output file: it is a folder, or its
-    folder does not exist. Commands call this before any work so a bad --out costs nothing."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path}: is a folder, expected an output file name")
-    if not path.parent.is_dir():
-        raise ValueError(f"{path.parent}: output folder does not exist")
-    return path
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, suffix: str = ""):
-    """Yield a temporary path beside ``path``; rename it to ``path`` only when the block
-    completes. On any error the temporary file is removed and ``path`` is left untouched."""
-    path = check_output_path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".part")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode of a new file
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def cli_errors():
-    """Turn user-facing errors (bad input file, bad option, unusable checkpoint) into one
-    'error: ...' line on stderr and exit status 1. SEQMAMBA_DEBUG=1 shows the traceback."""
-    import typer
-
-    try:
-        yield
-    except (ValueError, OSError) as e:  # FastaError, ConfigError, CheckpointError, missing files
-        if os.environ.get("SEQMAMBA_DEBUG"):
-            traceback.print_exc()
-        msg = str(e)
-        if isinstance(e, OSError) and e.filename and e.strerror:
-            # "[Errno 2] No such file or directory: 'x'" -> "x: No such file or directory"
-            msg = f"{e.filename}: {e.strerror}"
-        typer.echo(f"error: {msg}", err=True)
-        raise typer.Exit(1) from None
-    except torch.cuda.OutOfMemoryError:
-        typer.echo("error: out of GPU memory; lower --batch-size or --window", err=True)
-        raise typer.Exit(1) from None
 
 
 def _fmt(p: float) -> str:

@@ -75,7 +75,7 @@ def register(app) -> None:
     ):
         """Human genome hg38 + the Basenji/Enformer train/valid/test intervals (~3.1 GB on disk)."""
         from ..data.download import DownloadError
-        from .classify import cli_errors
+        from .cli_support import cli_errors
 
         with cli_errors():  # ValueError / OSError: one line, exit status 1
             if out.exists() and not out.is_dir():
@@ -101,7 +101,7 @@ def register(app) -> None:
         """Write a train/valid/test BED for any genome (held-out blocks at each record's end)."""
         from ..data.genome import split_intervals
         from ..data.fasta import IndexedFasta
-        from .classify import atomic_output, cli_errors
+        from .cli_support import atomic_output, cli_errors
 
         with cli_errors():
             fa = IndexedFasta(fasta)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .classify import atomic_output, cli_errors
+from .cli_support import atomic_output, cli_errors
 
 __all__ = ["ids_path_for", "run_embed", "register"]
 

@@ -110,7 +110,7 @@ def register(app) -> None:
     import typer
 
     from ..training.artifacts import describe_source, load_trained_model
-    from .classify import cli_errors
+    from .cli_support import cli_errors
 
     @app.command("evaluate")
     def evaluate_cmd(

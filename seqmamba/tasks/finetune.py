@@ -248,7 +248,7 @@ def finetune(recipe: FinetuneRecipe, resume_dir: str | os.PathLike | None = None
 def register(app) -> None:
     import typer
 
-    from .classify import cli_errors
+    from .cli_support import cli_errors
 
     @app.command("finetune", context_settings={"allow_extra_args": False})
     def finetune_cmd(

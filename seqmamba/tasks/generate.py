@@ -333,7 +333,7 @@ def run_generate(checkpoint: str, out: str, seconds: float = 4.0, num: int = 1,
 def register(app) -> None:
     import typer
 
-    from .classify import cli_errors
+    from .cli_support import cli_errors
 
     @app.command("generate")
     def generate_cmd(

@@ -26,7 +26,7 @@ import numpy as np
 from ..data.fasta import FastaRecord, read_fasta
 from ..tokenizers.base import TokenizerError
 from ..tokenizers.dna_alphabet import dna_codes
-from .classify import atomic_output, check_output_path, cli_errors
+from .cli_support import atomic_output, check_output_path, cli_errors
 
 __all__ = ["LabelledSet", "load_labelled", "fit_probe", "run_probe", "format_probe", "register"]
 

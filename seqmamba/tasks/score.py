@@ -124,7 +124,7 @@ def register(app) -> None:
     import typer
 
     from ..training.artifacts import load_trained_model
-    from .classify import atomic_output, cli_errors
+    from .cli_support import atomic_output, cli_errors
 
     @app.command("score")
     def score_cmd(
