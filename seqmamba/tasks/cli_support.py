@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..config import ConfigError
+
 # ---- output and CLI plumbing -------------------------------------------------------------------
 
 def _umask() -> int:
@@ -53,7 +55,8 @@ def atomic_output(path: str | os.PathLike, suffix: str = ""):
 @contextlib.contextmanager
 def cli_errors():
     """Turn user-facing errors (bad input file, bad option, unusable checkpoint) into one
-    'error: ...' line on stderr and exit status 1. SEQMAMBA_DEBUG=1 shows the traceback."""
+    'error: ...' line on stderr and exit status 1 (2 for a bad recipe/config).
+    SEQMAMBA_DEBUG=1 shows the traceback."""
     import typer
 
     try:
@@ -66,7 +69,8 @@ def cli_errors():
             # "[Errno 2] No such file or directory: 'x'" -> "x: No such file or directory"
             msg = f"{e.filename}: {e.strerror}"
         typer.echo(f"error: {msg}", err=True)
-        raise typer.Exit(1) from None
+        # A bad recipe/config is a usage error (exit 2, as `pretrain` and typer itself use).
+        raise typer.Exit(2 if isinstance(e, ConfigError) else 1) from None
     except torch.cuda.OutOfMemoryError:
         typer.echo("error: out of GPU memory; lower --batch-size or --window", err=True)
         raise typer.Exit(1) from None
