@@ -7,12 +7,13 @@ file in the target folder, then a rename) so a crash never leaves a half-written
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from .atomic_io import atomic_output
 
 __all__ = ["AudioError", "load_audio", "save_audio"]
 
@@ -97,13 +98,10 @@ def save_audio(path: str | os.PathLike, waveform: Any, sample_rate: int,
         data = np.clip(data, -1.0, 1.0)
 
     # Same folder as the target so the rename is atomic (same filesystem).
-    tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        sf.write(str(tmp), np.ascontiguousarray(data), int(sample_rate), format=fmt, subtype=subtype)
-        os.replace(tmp, p)
+        with atomic_output(p) as tmp:
+            sf.write(str(tmp), np.ascontiguousarray(data), int(sample_rate), format=fmt,
+                     subtype=subtype)
     except (sf.SoundFileError, RuntimeError, OSError, TypeError, ValueError) as e:
         raise AudioError(f"{p}: cannot write audio ({e})") from e
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return p

@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .atomic_io import atomic_output
+
 __all__ = ["classification_metrics", "save_confusion_matrix", "format_metrics"]
 
 
@@ -97,13 +99,8 @@ def save_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-        try:
+        with atomic_output(path) as tmp:
             fig.savefig(tmp, format="png")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
     finally:
         plt.close(fig)
     return path

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..atomic_io import atomic_output
 __all__ = ["GenerationResult", "check_audio_model", "sample_audio", "run_generate",
            "save_spectrogram", "register"]
 
@@ -199,9 +199,8 @@ def save_spectrogram(path: Path, wave: np.ndarray, sample_rate: int, title: str,
         ax.set_ylabel("Hz")
         ax.set_title(title, fontsize=9)
         fig.tight_layout()
-        tmp = path.with_name(f".{path.name}.part.png")
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
 
@@ -321,9 +320,8 @@ def run_generate(checkpoint: str, out: str, seconds: float = 4.0, num: int = 1,
         f"{r['file']}\t{r['seconds']}\t{r['prompt_seconds']}\t{r['generated_samples']}\t"
         f"{r['loglik_nats']:.3f}\t{r['bits_per_sample']:.4f}\n" for r in rows)
     for fname, text in (("samples.tsv", tsv), ("samples.json", json.dumps(summary, indent=2) + "\n")):
-        tmp = out_dir / f".{fname}.part"
-        tmp.write_text(text)
-        os.replace(tmp, out_dir / fname)
+        with atomic_output(out_dir / fname) as tmp:
+            tmp.write_text(text)
     echo(f"wrote {num} clip(s) of {seconds:g} s to {out_dir} "
          f"(mean {float(bits.mean()):.3f} bits/sample; {summary['real_time_factor']:.3f}x real time "
          f"on {model.device})")

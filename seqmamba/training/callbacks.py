@@ -10,6 +10,8 @@ from pathlib import Path
 
 import lightning as L
 
+from ..atomic_io import atomic_output
+
 __all__ = ["StepCheckpoint", "MetricsLog", "StepProgressBar", "export_model", "plot_curves",
            "CSV_FIELDS"]
 
@@ -96,10 +98,11 @@ def plot_curves(csv_path: Path, png_path: Path) -> None:
         if train or valid:
             ax.legend()
     fig.tight_layout()
-    tmp = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    try:
+        with atomic_output(png_path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
 
 
 def read_log(csv_path: Path) -> list[dict]:
