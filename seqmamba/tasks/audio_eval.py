@@ -23,19 +23,18 @@ generated WAV files; ``seqmamba evaluate`` sends mu-law models to ``evaluate_aud
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from ..training.objectives import LN2, LMObjective
 
 __all__ = ["bits_per_sample", "ngram_baselines", "clip_statistics", "compare_statistics",
            "evaluate_audio_model", "real_clips", "format_report", "format_samples", "register",
            "NOISE_FLATNESS", "SILENCE_DBFS"]
 
-LN2 = math.log(2.0)
 FRAME, HOP = 1024, 512
 NOISE_FLATNESS = 0.3
 SILENCE_DBFS = -60.0
@@ -61,6 +60,7 @@ def bits_per_sample(model, split, seq_len: int, max_windows: Optional[int] = 64,
     for i in range(len(data)):
         n = min(len(split.codes[int(data.files[i])]) - int(data.starts[i]), seq_len)
         by_len.setdefault(n, []).append(i)
+    objective = LMObjective(pad_id=-1)  # fixed windows: no padding, every sample counts
     nll_sum, count, done = 0.0, 0, 0
     for n, idx in sorted(by_len.items()):
         if n < 2:
@@ -68,11 +68,9 @@ def bits_per_sample(model, split, seq_len: int, max_windows: Optional[int] = 64,
         per_batch = max(batch_tokens // n, 1)
         for k in range(0, len(idx), per_batch):
             ids = torch.stack([data[j]["input_ids"] for j in idx[k:k + per_batch]]).to(device)
-            logits = model(ids[:, :-1]).float()
-            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                  reduction="sum")
-            nll_sum += float(nll)
-            count += ids[:, 1:].numel()
+            nll, mask = objective.token_nll(model, ids)
+            nll_sum += float((nll * mask).sum())
+            count += int(mask.sum())
             done += ids.shape[0]
             if progress is not None:
                 progress(done, len(data))
