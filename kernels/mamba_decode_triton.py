@@ -13,9 +13,10 @@ single round of independent loads (no loops: their trips would serialise the mem
                update, D skip, SiLU(z) gate, + this block's share of out_proj, again a partial sum
 
 Partial sums (not atomics) keep the results deterministic; the next kernel adds them. Then one
-kernel for the final norm + LM head whose last program to finish also draws the next token
-(Gumbel-max) and writes it back into the step's input buffer, so captured steps can be replayed
-back to back.
+kernel for the final norm + LM head (``decode_sample_triton.launch_head``) whose last program to
+finish also draws the next token and writes it back into the step's input buffer, so captured
+steps can be replayed back to back. ``layer_in``'s input row (``_stage_row``) also serves the
+U-Net decoder (unet_decode_triton), whose stages read it from pooling buffers.
 
 Everything is computed in float32 from the model's weights (read in place, so training updates
 are seen). The residual stream stays float32 throughout, which matches the model when
@@ -34,39 +35,54 @@ from .causal_conv1d_triton import conv_history, conv_shift_in
 MAX_D_MODEL = 512
 
 
-@triton.jit
-def _normed_row(ids_ptr, emb_ptr, part_ptr, res_in_ptr, res_out_ptr, norm_w_ptr, b, B, DM, N_PART,
-                eps, s_emb, FIRST: tl.constexpr, WRITE_RES, BLOCK_P: tl.constexpr,
-                BLOCK_K: tl.constexpr):
-    """RMSNorm(residual stream) of sequence b over the whole d_model row (float32, BLOCK_K wide).
+# where a layer's input comes from (see _stage_row)
+SRC_EMB, SRC_X, SRC_RES = 0, 1, 2
 
-    The stream is the embedding of the token (first layer), else the previous stream plus the
-    sum of the previous layer's out_proj partials; WRITE_RES stores it for the next layer."""
+
+@triton.jit
+def _stage_row(ids_ptr, emb_ptr, x_ptr, part_ptr, res_in_ptr, add_ptr, skip_ptr, res_out_ptr,
+               norm_w_ptr, b, B, DM, N_PART, eps, s_emb, s_x, s_add, s_skip, WRITE,
+               SRC: tl.constexpr, ADD: tl.constexpr, SKIP: tl.constexpr, BLOCK_P: tl.constexpr,
+               BLOCK_K: tl.constexpr):
+    """RMSNorm of one layer's input for row b (float32, BLOCK_K wide), the residual stream, from
+    SRC_EMB the token's embedding (a first layer), SRC_X a row buffer (s_x) or SRC_RES the
+    previous stream plus the sum of the previous layer's out_proj partials. The U-Net
+    (unet_decode_triton) also uses SKIP, storing that value (a stage output) into a down-pool
+    buffer row, and ADD, adding an up-pool buffer row. WRITE (the first program of the row)
+    stores the stream for the next layer."""
     k = tl.arange(0, BLOCK_K)
     mk = k < DM
-    if FIRST:
+    if SRC == 0:
         tok = tl.load(ids_ptr + b)
         h = tl.load(emb_ptr + tok * s_emb + k, mask=mk, other=0.0).to(tl.float32)
+    elif SRC == 1:
+        h = tl.load(x_ptr + b * s_x + k, mask=mk, other=0.0).to(tl.float32)
     else:
         p = tl.arange(0, BLOCK_P)
         parts = tl.load(part_ptr + (p[:, None] * B + b) * DM + k[None, :],
                         mask=(p < N_PART)[:, None] & mk[None, :], other=0.0)
         h = tl.load(res_in_ptr + b * DM + k, mask=mk, other=0.0) + tl.sum(parts, axis=0)
-    if WRITE_RES:
+    if SKIP:
+        if WRITE:
+            tl.store(skip_ptr + b * s_skip + k, h.to(skip_ptr.dtype.element_ty), mask=mk)
+    if ADD:
+        h += tl.load(add_ptr + b * s_add + k, mask=mk, other=0.0).to(tl.float32)
+    if WRITE:
         tl.store(res_out_ptr + b * DM + k, h, mask=mk)
     rstd = 1.0 / tl.sqrt(tl.sum(h * h, axis=0) / DM + eps)
     return h * rstd * tl.load(norm_w_ptr + k, mask=mk, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def _layer_in_kernel(ids_ptr, emb_ptr, part_ptr, res_in_ptr, res_out_ptr, norm_w_ptr,
-                     w_in_ptr, b_in_ptr, conv_w_ptr, conv_b_ptr, conv_state_ptr, w_xp_ptr,
-                     xc_ptr, z_ptr, xdbl_part_ptr,
+def _layer_in_kernel(ids_ptr, emb_ptr, x_ptr, part_ptr, res_in_ptr, add_ptr, skip_ptr,
+                     res_out_ptr, norm_w_ptr, w_in_ptr, b_in_ptr, conv_w_ptr, conv_b_ptr,
+                     conv_state_ptr, w_xp_ptr, xc_ptr, z_ptr, xdbl_part_ptr,
                      B, DM, DI, RN, N_PART, eps,
-                     s_emb, s_win, s_cw_d, s_cw_k, s_cs_b, s_cs_d, s_cs_k, s_xp,
-                     FIRST: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
-                     WIDTH: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
-                     BLOCK_P: tl.constexpr, BLOCK_RN: tl.constexpr):
+                     s_emb, s_x, s_add, s_skip, s_win, s_cw_d, s_cw_k, s_cs_b, s_cs_d, s_cs_k, s_xp,
+                     SRC: tl.constexpr, ADD: tl.constexpr, SKIP: tl.constexpr,
+                     HAS_IN_BIAS: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, WIDTH: tl.constexpr,
+                     BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
+                     BLOCK_RN: tl.constexpr):
     b = tl.program_id(0)
     pid = tl.program_id(1)
     c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -84,8 +100,9 @@ def _layer_in_kernel(ids_ptr, emb_ptr, part_ptr, res_in_ptr, res_out_ptr, norm_w
     w_last = tl.load(conv_w_ptr + c * s_cw_d + (WIDTH - 1) * s_cw_k, mask=mc, other=0.0).to(tl.float32)
     if HAS_CONV_BIAS:
         conv_acc += tl.load(conv_b_ptr + c, mask=mc, other=0.0).to(tl.float32)
-    hn = _normed_row(ids_ptr, emb_ptr, part_ptr, res_in_ptr, res_out_ptr, norm_w_ptr, b, B, DM,
-                     N_PART, eps, s_emb, FIRST, pid == 0, BLOCK_P, BLOCK_K)
+    hn = _stage_row(ids_ptr, emb_ptr, x_ptr, part_ptr, res_in_ptr, add_ptr, skip_ptr, res_out_ptr,
+                    norm_w_ptr, b, B, DM, N_PART, eps, s_emb, s_x, s_add, s_skip, pid == 0,
+                    SRC, ADD, SKIP, BLOCK_P, BLOCK_K)
     x = tl.sum(wx * hn[None, :], axis=1)
     z = tl.sum(wz * hn[None, :], axis=1)
     if HAS_IN_BIAS:
@@ -153,61 +170,6 @@ def _layer_ssm_kernel(xc_ptr, z_ptr, xdbl_part_ptr, w_dt_ptr, dt_bias_ptr, A_log
     tl.store(part_ptr + (pid * B + b) * DM + m, o, mask=mm)
 
 
-@triton.jit
-def _sample_row(logits_ptr, ids_ptr, tokens_ptr, counter_ptr, b, V, max_tokens, seed, inv_temp,
-                GREEDY: tl.constexpr, BLOCK_V: tl.constexpr):
-    """Gumbel-max: argmax(logits / T + G), G = -log(-log(U)), draws a token from softmax(logits/T).
-    The noise comes from Philox keyed by (seed + this row's step counter), so replays differ.
-    The token goes to ids[b] (the next step's input) and tokens[b, step]."""
-    v = tl.arange(0, BLOCK_V)
-    mv = v < V
-    # .cg: read from L2, where other programs' logits landed, never from a stale L1 line
-    score = tl.load(logits_ptr + b * V + v, mask=mv, other=float("-inf"), cache_modifier=".cg")
-    step = tl.load(counter_ptr + b)
-    if not GREEDY:
-        u = tl.rand(seed + step, b * BLOCK_V + v)
-        score = score * inv_temp - tl.log(-tl.log(u))
-        score = tl.where(mv, score, float("-inf"))
-    tok = tl.argmax(score, axis=0)
-    tl.store(ids_ptr + b, tok.to(ids_ptr.dtype.element_ty))
-    tl.store(tokens_ptr + b * max_tokens + step, tok.to(tokens_ptr.dtype.element_ty),
-             mask=step < max_tokens)
-    tl.store(counter_ptr + b, step + 1)
-
-
-@triton.jit
-def _head_kernel(part_ptr, res_ptr, norm_w_ptr, lm_w_ptr, logits_ptr, arrive_ptr, ids_ptr,
-                 tokens_ptr, counter_ptr, B, DM, V, N_PART, eps, s_lm, max_tokens, seed, inv_temp,
-                 SAMPLE: tl.constexpr, GREEDY: tl.constexpr, BLOCK_V: tl.constexpr,
-                 BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_VS: tl.constexpr):
-    b = tl.program_id(0)
-    v = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
-    mv = v < V
-    k = tl.arange(0, BLOCK_K)
-    w = tl.load(lm_w_ptr + v[:, None] * s_lm + k[None, :], mask=mv[:, None] & (k < DM)[None, :],
-                other=0.0).to(tl.float32)
-    hn = _normed_row(part_ptr, part_ptr, part_ptr, res_ptr, res_ptr, norm_w_ptr, b, B, DM, N_PART,
-                     eps, 0, False, False, BLOCK_P, BLOCK_K)
-    tl.store(logits_ptr + b * V + v, tl.sum(w * hn[None, :], axis=1), mask=mv)
-    if SAMPLE:
-        # The last program of row b to finish samples it: saves a launch. The barrier orders
-        # every thread's logits stores before the (release) atomic; the atomic's acquire side
-        # makes all of them visible to the last program.
-        tl.debug_barrier()
-        arrived = tl.atomic_add(arrive_ptr + b, 1)
-        if arrived == tl.num_programs(1) - 1:
-            tl.store(arrive_ptr + b, 0)  # ready for the next step
-            _sample_row(logits_ptr, ids_ptr, tokens_ptr, counter_ptr, b, V, max_tokens, seed,
-                        inv_temp, GREEDY, BLOCK_VS)
-
-
-@triton.jit
-def _sample_kernel(logits_ptr, ids_ptr, tokens_ptr, counter_ptr, V, max_tokens, seed, inv_temp,
-                   GREEDY: tl.constexpr, BLOCK_V: tl.constexpr):
-    _sample_row(logits_ptr, ids_ptr, tokens_ptr, counter_ptr, tl.program_id(0), V, max_tokens, seed,
-                inv_temp, GREEDY, BLOCK_V)
-
-
 def fused_step_unsupported(model) -> str | None:
     """Why ``FusedMambaStep`` cannot run ``model`` (None when it can)."""
     from seqmamba.model.mixer import MambaMixer
@@ -236,8 +198,9 @@ class FusedMambaStep:
     """``model.step(ids, cache)`` for a Mamba LM as a handful of fused Triton kernels.
 
     Owns its float32 workspace, so one instance serves one batch size. ``__call__`` returns the
-    float32 logits (B, vocab_size) in a buffer it reuses; ``sample`` draws the next tokens from
-    them with Gumbel-max and writes them back into ``ids`` (in place) and into ``tokens``.
+    float32 logits (B, vocab_size) in a buffer it reuses; given a ``decode_graph.DeviceSampler``
+    its LM-head launch also draws the next tokens (``decode_sample_triton``) into the sampler's
+    ``ids`` (the step's input) and token buffer.
     block_in / block_ssm: d_inner channels per program of the two layer kernels (None: chosen
     from d_model so that each program's weight tile is ~8-16k values).
     """
@@ -258,7 +221,6 @@ class FusedMambaStep:
         self.block_ssm = min(block_ssm or max(16, 16384 // self.block_k), di2)
         self.n_xpart = triton.cdiv(self.di, self.block_in)
         self.n_part = triton.cdiv(self.di, self.block_ssm)
-        self.block_v = min(_pow2(self.vocab), max(8, 8192 // self.block_k))
         f32 = dict(device=dev, dtype=torch.float32)
         self.part = torch.zeros(self.n_part, batch_size, self.dm, **f32)
         self.xdbl_part = torch.zeros(self.n_xpart, batch_size, self.r + 2 * self.n, **f32)
@@ -277,14 +239,16 @@ class FusedMambaStep:
         mx, emb = layer.mixer, self.model.backbone.embedding.weight
         cw, cs, wxp = mx.conv1d.weight, lc.conv_state, mx.x_proj.weight
         _layer_in_kernel[(self.batch, self.n_xpart)](
-            ids, emb, self.part, self.res[i % 2], self.res[(i + 1) % 2], layer.norm.weight,
+            ids, emb, emb, self.part, self.res[i % 2], emb, emb, self.res[(i + 1) % 2],
+            layer.norm.weight,
             mx.in_proj.weight, mx.in_proj.bias if mx.in_proj.bias is not None else emb,
             cw, mx.conv1d.bias if mx.conv1d.bias is not None else emb, cs, wxp,
             self.xc, self.z, self.xdbl_part,
             self.batch, self.dm, self.di, self.r + 2 * self.n, self.n_part, layer.norm.eps,
-            emb.stride(0), mx.in_proj.weight.stride(0), cw.stride(0), cw.stride(2), *cs.stride(),
-            wxp.stride(0),
-            FIRST=i == 0, HAS_IN_BIAS=mx.in_proj.bias is not None,
+            emb.stride(0), 0, 0, 0, mx.in_proj.weight.stride(0), cw.stride(0), cw.stride(2),
+            *cs.stride(), wxp.stride(0),
+            SRC=SRC_EMB if i == 0 else SRC_RES, ADD=False, SKIP=False,
+            HAS_IN_BIAS=mx.in_proj.bias is not None,
             HAS_CONV_BIAS=mx.conv1d.bias is not None, WIDTH=self.width, BLOCK_C=self.block_in,
             BLOCK_K=self.block_k, BLOCK_P=_pow2(self.n_part), BLOCK_RN=_pow2(self.r + 2 * self.n),
             num_warps=self._warps(2 * self.block_in * self.block_k))
@@ -303,23 +267,12 @@ class FusedMambaStep:
             BLOCK_M=self.block_k, num_warps=self._warps(self.block_ssm * self.block_k))
 
     def head(self, sampler=None) -> None:
-        """Final norm + LM head into ``self.logits``; with ``sampler`` = (ids, tokens, counter,
-        temperature, seed) the same launch also samples (see ``sample``)."""
+        """Final norm + LM head into ``self.logits``; with ``sampler`` (a
+        ``decode_graph.DeviceSampler``) the same launch also samples the next tokens."""
+        from .decode_sample_triton import launch_head
         bb = self.model.backbone
-        lm_w = self.model.lm_head.weight
-        if sampler is None:
-            ids, tokens, counter, temperature, seed = self.arrive, self.arrive, self.arrive, None, 0
-        else:
-            ids, tokens, counter, temperature, seed = sampler
-        greedy = temperature == 0
-        _head_kernel[(self.batch, triton.cdiv(self.vocab, self.block_v))](
-            self.part, self.res[len(bb.layers) % 2], bb.norm_f.weight, lm_w, self.logits,
-            self.arrive, ids, tokens, counter,
-            self.batch, self.dm, self.vocab, self.n_part, bb.norm_f.eps, lm_w.stride(0),
-            tokens.shape[-1], seed, 1.0 if greedy or temperature is None else 1.0 / temperature,
-            SAMPLE=sampler is not None, GREEDY=greedy, BLOCK_V=self.block_v,
-            BLOCK_K=self.block_k, BLOCK_P=_pow2(self.n_part), BLOCK_VS=_pow2(self.vocab),
-            num_warps=self._warps(self.block_v * self.block_k))
+        launch_head(self.part, self.res[len(bb.layers) % 2], self.n_part, bb.norm_f,
+                    self.model.lm_head, self.vocab, self.logits, self.arrive, sampler)
 
     def __call__(self, ids: torch.Tensor, cache, sampler=None) -> torch.Tensor:
         """Logits (B, vocab) for input ``ids`` (B,); ``sampler`` as in ``head``."""
@@ -330,14 +283,3 @@ class FusedMambaStep:
             self.layer_ssm(i, cache)
         self.head(sampler)
         return self.logits
-
-    def sample(self, ids: torch.Tensor, tokens: torch.Tensor, counter: torch.Tensor,
-               temperature: float, seed: int) -> None:
-        """Next token of each row from ``self.logits`` into ``ids`` (B,) and
-        ``tokens[b, counter[b]]`` (B, T); ``counter`` (B,) int32 advances by one."""
-        block_v = triton.next_power_of_2(self.vocab)
-        greedy = temperature == 0
-        _sample_kernel[(self.batch,)](
-            self.logits, ids, tokens, counter, self.vocab, tokens.shape[1], seed,
-            0.0 if greedy else 1.0 / temperature, GREEDY=greedy, BLOCK_V=block_v,
-            num_warps=4 if block_v >= 1024 else 1)

@@ -260,50 +260,48 @@ def test_graphed_step_and_generate_match_eager(fused):
 
 @pytest.mark.gpu
 @needs_cuda
-def test_sampling_in_head_kernel_equals_separate_sampler():
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_sampling_in_head_kernel_equals_separate_sampler(temperature):
     """The head kernel's last program samples the row: it must see every program's logits."""
+    from seqmamba.kernels.decode_graph import DeviceSampler
+    from seqmamba.kernels.decode_sample_triton import head_block_v
     from seqmamba.kernels.mamba_decode_triton import FusedMambaStep
     torch.manual_seed(6)
     model = _tiny_lm(vocab_size=300).cuda().eval()
     batch = 4
     a, b = FusedMambaStep(model, batch), FusedMambaStep(model, batch)
-    assert triton_cdiv(300, a.block_v) > 1  # several programs per row
+    assert head_block_v(model.config.d_model, 300) < 300  # several head programs per row
     cache_a, cache_b = model.allocate_cache(batch), model.allocate_cache(batch)
     ids_a = torch.randint(0, 300, (batch,), device="cuda")
     ids_b = ids_a.clone()
-    tok_a, tok_b = (torch.zeros(batch, 30, dtype=torch.long, device="cuda") for _ in range(2))
-    cnt_a, cnt_b = (torch.zeros(batch, dtype=torch.int32, device="cuda") for _ in range(2))
+    sa, sb = (DeviceSampler(300, ids, temperature=temperature, max_tokens=30, seed=7)
+              for ids in (ids_a, ids_b))
+    assert sa.use_triton
     with torch.inference_mode():
-        for step in range(30):
-            temperature = 0.0 if step % 3 == 0 else 0.9
-            a(ids_a, cache_a, (ids_a, tok_a, cnt_a, temperature, 7))
+        for _ in range(30):
+            a(ids_a, cache_a, sa)
             b(ids_b, cache_b)
-            b.sample(ids_b, tok_b, cnt_b, temperature, 7)
-    assert torch.equal(tok_a, tok_b) and torch.equal(cnt_a, cnt_b)
+            sb.sample(b.logits)
+    assert torch.equal(sa.tokens, sb.tokens) and torch.equal(sa.counter, sb.counter)
     assert not bool(a.arrive.any())
-
-
-def triton_cdiv(a, b):
-    return -(-a // b)
 
 
 @pytest.mark.gpu
 @needs_cuda
 def test_fused_sampler_draws_from_softmax():
     """Gumbel-max in the sampling kernel: token frequencies match softmax(logits / T)."""
-    from seqmamba.kernels.mamba_decode_triton import FusedMambaStep
+    from seqmamba.kernels.decode_graph import DeviceSampler
     torch.manual_seed(5)
-    model = _tiny_lm(vocab_size=8).cuda()
     rows, temperature = 20000, 0.7
-    fused = FusedMambaStep(model, rows)
-    fused.logits.copy_(torch.randn(8, device="cuda").expand(rows, 8))
+    logits = torch.randn(8, device="cuda").expand(rows, 8).contiguous()
     ids = torch.zeros(rows, dtype=torch.long, device="cuda")
-    tokens = torch.zeros(rows, 2, dtype=torch.long, device="cuda")
-    counter = torch.zeros(rows, dtype=torch.int32, device="cuda")
-    fused.sample(ids, tokens, counter, temperature, seed=11)
-    fused.sample(ids, tokens, counter, temperature, seed=11)
+    sampler = DeviceSampler(8, ids, temperature=temperature, max_tokens=2, seed=11)
+    assert sampler.use_triton
+    sampler.sample(logits)
+    sampler.sample(logits)
+    tokens, counter = sampler.tokens, sampler.counter
     assert torch.equal(ids, tokens[:, 1]) and bool((counter == 2).all())
-    p = (fused.logits[0] / temperature).softmax(-1)
+    p = (logits[0] / temperature).softmax(-1)
     for col in range(2):
         freq = torch.bincount(tokens[:, col], minlength=8).double() / rows
         sigma = (p * (1 - p) / rows).sqrt().double()
@@ -388,11 +386,12 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
             os.environ["SEQMAMBA_KERNELS"] = "triton"
             check(fused(ids, cache), ref, 1e-5, "fused decode step")
             ids = ref.argmax(-1)
-        fused.sample(ids, torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, dtype=torch.int32), 0.0, 0)
+        from seqmamba.kernels import decode_sample_triton
+        from seqmamba.kernels.decode_graph import DeviceSampler
+        DeviceSampler(11, ids, temperature=0.0, max_tokens=4).sample(fused.logits)
         assert torch.equal(ids, fused.logits.argmax(-1)), "greedy sampling kernel"
-        fused.block_v = 4  # several head programs per row: the last one to finish samples
-        fused(ids, cache, (ids, torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, dtype=torch.int32),
-                           0.0, 0))
+        decode_sample_triton.head_block_v = lambda d_model, vocab: 4  # several head programs per row
+        fused(ids, cache, DeviceSampler(11, ids, temperature=0.0, max_tokens=4))
         assert torch.equal(ids, fused.logits.argmax(-1)), "sampling in the head kernel"
     print("INTERPRETER-OK")
 """)

@@ -1,6 +1,7 @@
 """Language-model head: next-token logits, recurrent decoding and sampling."""
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -8,6 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import SeqMambaModel
+
+# Below this many new tokens ``generate`` stays eager: recording graphs costs more than it saves.
+GRAPH_MIN_NEW_TOKENS = 64
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
@@ -76,12 +80,26 @@ class MambaLM(SeqMambaModel):
     def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None,
                  generator: Optional[torch.Generator] = None,
-                 callback: Optional[Callable[[int, torch.Tensor], Optional[bool]]] = None):
+                 callback: Optional[Callable[[int, torch.Tensor], Optional[bool]]] = None,
+                 graph: Optional[bool] = None):
         """Sample a continuation of each prompt: (B, L0) -> (B, L0 + max_new_tokens).
 
         The prompt is consumed in one parallel pass that fills the recurrent cache, then one
         ``step`` per new token. ``callback(i, tokens)`` runs after new token i (tokens (B,));
         returning True stops early (the result is then shorter). A 1-D prompt gives a 1-D result.
+
+        graph: decode through CUDA graphs (``seqmamba.kernels.decode_graph``): None (default)
+            when the model is on CUDA and at least GRAPH_MIN_NEW_TOKENS tokens are asked for
+            (recording the graphs costs more than it saves on short runs), True (an error when
+            not possible), False (never). On CPU nothing changes.
+
+        Randomness: eagerly, and on the graphed path when ``generator`` or ``callback`` is
+        given, every token is drawn on the host side by ``sample_next`` from ``generator`` (or
+        torch's default one), exactly as on CPU; the graphs then only run the model's step.
+        Otherwise the graphed path samples inside the graph with the same distribution
+        (top-k/top-p filtering included) but its own random stream: Gumbel-max noise keyed by a
+        seed drawn from torch's default CUDA generator, so ``torch.manual_seed`` still makes
+        the output reproducible, while the tokens differ from the eager path's.
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -103,7 +121,17 @@ class MambaLM(SeqMambaModel):
         if max_new_tokens == 0:
             return out[0] if squeeze else out
 
-        cache = self.allocate_cache(batch)
+        on_device = generator is None and callback is None
+        decoder = self._graph_decoder(graph, batch, max_new_tokens, temperature, top_k, top_p,
+                                      on_device)
+        if decoder is not None and on_device:
+            out[:, L0:] = decoder.generate(prompt, max_new_tokens)
+            return out[0] if squeeze else out
+        if decoder is not None:
+            cache, step = decoder.cache, decoder.step
+        else:
+            cache = self.allocate_cache(batch)
+            step = lambda token: self.step(token, cache)  # noqa: E731
         hidden = self.backbone(prompt, cache=cache)[:, -1]  # only the last position's logits
         logits = self.logits_from_hidden(hidden)
         end = L0 + max_new_tokens
@@ -114,6 +142,33 @@ class MambaLM(SeqMambaModel):
                 end = L0 + i + 1
                 break
             if i + 1 < max_new_tokens:
-                logits = self.step(token, cache)
+                logits = step(token)
         out = out[:, :end]
         return out[0] if squeeze else out
+
+    def _graph_decoder(self, graph: Optional[bool], batch: int, max_new_tokens: int,
+                       temperature: float, top_k, top_p, sample_on_device: bool):
+        """A graphed decoder for ``generate`` (None: decode eagerly). With sample_on_device it
+        samples inside the graphs; otherwise it only runs steps (logits out)."""
+        if graph is False:
+            return None
+        from seqmamba.kernels.decode_graph import graph_unsupported, graphed_decoder
+
+        why = graph_unsupported(self)
+        if graph is None and (why is not None or max_new_tokens < GRAPH_MIN_NEW_TOKENS):
+            return None
+        if why is not None:
+            raise ValueError(f"graph=True: {why}")
+        kw = {}
+        if sample_on_device:
+            seed = int(torch.randint(0, 2 ** 62, (1,), device=self.device).item())
+            kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                      max_tokens=max_new_tokens)
+        try:
+            return graphed_decoder(self, batch, **kw)
+        except Exception as err:  # noqa: BLE001 - a graph that cannot be recorded here
+            if graph:
+                raise
+            warnings.warn(f"CUDA-graph decoding unavailable, decoding eagerly: "
+                          f"{type(err).__name__}: {err}", RuntimeWarning, stacklevel=3)
+            return None

@@ -23,6 +23,9 @@ unfinished group (down-pool buffer) and the p outputs of its last finished coars
 buffer, released one per fine step). A fine step therefore runs the coarse level only every p
 steps, exactly as the parallel forward; both are one function (``_level``), so recurrent output
 equals the parallel forward. ``forward(..., cache=)`` (prompt prefill) and ``step`` share it.
+Which levels a step runs, and which buffer rows it touches, depend only on the host-side
+``seqlen_offset`` modulo prod(pool): on CUDA, ``seqmamba.kernels.unet_decode_graph`` records one
+CUDA graph per such phase (and whole cycles of steps, sampling included) for fast generation.
 
 Options live in ``config.unet`` (see ``UNetOptions``); ``config.n_layer`` is the total number of
 Mamba blocks, split evenly over the stages (2 * len(pool) + 1 of them, or len(pool) + 1 when

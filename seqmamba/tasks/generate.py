@@ -14,8 +14,12 @@ Writes into ``--out`` (created; existing files of the same names are refused unl
 
 Generation is batched (``--batch-size`` clips at once) and recurrent: the prompt (or, without one,
 a single silence sample) fills the model's cache in one parallel pass, then one ``step`` per
-sample. On CUDA a plain Mamba LM decodes through the CUDA-graph ``GraphedStep``; the U-Net runs
-its steps eagerly (its coarse levels run only every p steps, which a single graph cannot hold).
+sample. On CUDA both backbones decode through CUDA graphs (``seqmamba.kernels.decode_graph``:
+``GraphedStep`` for a plain Mamba LM, ``UNetGraphedStep`` for the U-Net, one graph per phase of
+its pooling cycle) with sampling and the log-likelihood inside the graph, so hundreds of samples
+are generated per replay with no host work in between. Their random stream is their own
+(counter-based noise keyed by ``--seed`` and the batch): clips are reproducible for a seed on a
+GPU but differ from the CPU's, which samples eagerly with a seeded ``torch.Generator``.
 The progress bar shows audio seconds produced and the real-time factor (audio seconds per wall
 second, all clips of the batch counted).
 
@@ -28,6 +32,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -74,15 +79,29 @@ def _silence_code(tokenizer) -> int:
     return int(tokenizer.encode(torch.zeros(1))[0])
 
 
-def _graphed_step(model, batch: int, use_graph: str):
-    """A GraphedStep for a plain Mamba LM on CUDA when available (None otherwise)."""
-    if use_graph == "off" or model.device.type != "cuda" or model.config.backbone != "mamba":
+def _graphed_decoder(model, batch: int, use_graph: str, temperature: float, top_k, top_p,
+                     pad: Optional[int], new_samples: int):
+    """A graphed decoder sampling on the device (pad excluded, log-likelihood tracked) when the
+    model is on CUDA and use_graph allows it; None for the eager loop."""
+    if use_graph == "off" or model.device.type != "cuda":
         return None
+    from seqmamba.kernels.decode_graph import graph_unsupported, graphed_decoder
+
+    why = graph_unsupported(model)
+    if why is not None:
+        if use_graph == "on":
+            raise ValueError(f"use_graph='on': {why}")
+        return None
+    ban = pad if pad is not None and pad < model.config.vocab_size else None
     try:
-        from seqmamba.kernels.decode_graph import GraphedStep
-    except ImportError:
+        return graphed_decoder(model, batch, temperature=temperature, top_k=top_k, top_p=top_p,
+                               ban_token=ban, loglik=True, max_tokens=new_samples)
+    except Exception as err:  # noqa: BLE001 - a graph that cannot be recorded on this setup
+        if use_graph == "on":
+            raise
+        warnings.warn(f"CUDA-graph decoding unavailable, decoding eagerly: "
+                      f"{type(err).__name__}: {err}", RuntimeWarning, stacklevel=2)
         return None
-    return GraphedStep(model, batch, temperature=None)
 
 
 class _decode_threads:
@@ -104,6 +123,31 @@ class _decode_threads:
             torch.set_num_threads(self.saved)
 
 
+def _sample_eager(model, ids: torch.Tensor, new_samples: int, temperature: float, top_k, top_p,
+                  pad: Optional[int], gen: torch.Generator, on_step):
+    """The host-side decode loop: (B, L0) prompt -> (B, new_samples) codes, (B,) log-lik."""
+    from seqmamba.heads.lm import sample_next
+
+    B = ids.shape[0]
+    cache = model.allocate_cache(B)
+    logits = model.logits_from_hidden(model.backbone(ids, cache=cache)[:, -1])
+    out = torch.empty(B, new_samples, dtype=torch.long, device=ids.device)
+    ll = torch.zeros(B, dtype=torch.float64, device=ids.device)
+    with _decode_threads(model, B):
+        for i in range(new_samples):
+            logits = logits.float()
+            if pad is not None and pad < logits.shape[-1]:
+                logits[:, pad] = float("-inf")
+            token = sample_next(logits, temperature, top_k, top_p, gen)
+            ll += torch.log_softmax(logits, -1).gather(1, token[:, None])[:, 0].double()
+            out[:, i] = token
+            if i + 1 < new_samples:
+                logits = model.step(token, cache)
+            if on_step is not None:
+                on_step(B)
+    return out, ll
+
+
 @torch.inference_mode()
 def sample_audio(model, new_samples: int, num: int = 1, temperature: float = 1.0,
                  top_p: Optional[float] = None, top_k: Optional[int] = None,
@@ -113,7 +157,10 @@ def sample_audio(model, new_samples: int, num: int = 1, temperature: float = 1.0
     """Sample ``num`` continuations of ``new_samples`` mu-law codes each.
 
     prompt: 1-D codes shared by all clips; None starts from one silence sample.
-    on_step(n): called after each decode step with the number of clips advanced.
+    use_graph: "auto" (CUDA graphs on CUDA, see the module docstring), "on" (an error when not
+        possible), "off" (eager decoding everywhere).
+    on_step(n): called as decoding advances with the number of new samples since the last
+        call (all clips of the batch counted).
     The pad id is never sampled. The log-likelihood is under the model's own distribution over
     the audio levels (pad excluded and renormalised; no temperature / top-p), so it compares
     across sampling settings.
@@ -128,7 +175,8 @@ def sample_audio(model, new_samples: int, num: int = 1, temperature: float = 1.0
         raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {top_k}")
-    from seqmamba.heads.lm import sample_next
+    if use_graph not in ("auto", "on", "off"):
+        raise ValueError(f"use_graph must be 'auto', 'on' or 'off', got {use_graph!r}")
 
     tokenizer = model.tokenizer
     device = model.device
@@ -141,30 +189,22 @@ def sample_audio(model, new_samples: int, num: int = 1, temperature: float = 1.0
     codes = torch.empty(num, L0 + new_samples, dtype=torch.long)
     loglik = np.zeros(num, dtype=np.float64)
     t0 = time.perf_counter()
+    decoders = {}  # batch size -> graphed decoder (its graphs serve every batch of that size)
     for first in range(0, num, batch_size):
         B = min(batch_size, num - first)
-        graphed = _graphed_step(model, B, use_graph)
-        if graphed is not None:
-            graphed.reset()
-            cache, step = graphed.cache, graphed.step
-        else:
-            cache, step = model.allocate_cache(B), (lambda ids, c=None: model.step(ids, cache))
         ids = prompt[None].expand(B, L0).contiguous()
-        logits = model.logits_from_hidden(model.backbone(ids, cache=cache)[:, -1])
-        out = torch.empty(B, new_samples, dtype=torch.long, device=device)
-        ll = torch.zeros(B, dtype=torch.float64, device=device)
-        with _decode_threads(model, B):
-            for i in range(new_samples):
-                logits = logits.float()
-                if pad is not None and pad < logits.shape[-1]:
-                    logits[:, pad] = float("-inf")
-                token = sample_next(logits, temperature, top_k, top_p, gen)
-                ll += torch.log_softmax(logits, -1).gather(1, token[:, None])[:, 0].double()
-                out[:, i] = token
-                if i + 1 < new_samples:
-                    logits = step(token).clone() if graphed is not None else step(token)
-                if on_step is not None:
-                    on_step(B)
+        if B not in decoders:
+            decoders[B] = _graphed_decoder(model, B, use_graph, temperature, top_k, top_p, pad,
+                                           new_samples)
+        graphed = decoders[B]
+        if graphed is not None:
+            graphed.reset(seed=(seed, first))  # each batch of clips its own noise
+            progress = None if on_step is None else (lambda n, B=B: on_step(n * B))
+            out = graphed.generate(ids, new_samples, on_progress=progress)
+            ll = graphed.loglik
+        else:
+            out, ll = _sample_eager(model, ids, new_samples, temperature, top_k, top_p, pad,
+                                    gen, on_step)
         codes[first:first + B, :L0] = prompt.cpu()
         codes[first:first + B, L0:] = out.cpu()
         loglik[first:first + B] = ll.cpu().numpy()
