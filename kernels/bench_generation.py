@@ -44,6 +44,17 @@ def steps_per_second(fn, steps_per_call: int, calls: int, reps: int = 5) -> floa
     return statistics.median(rates)
 
 
+def timed_row(rows, name, fn, steps_per_call, calls, unit, width):
+    """Time ``fn`` (steps_per_call steps a call), print one row and keep (name, rate); a variant
+    that does not run is reported and skipped."""
+    try:
+        rate = steps_per_second(fn, steps_per_call, calls)
+        rows.append((name, rate))
+        print(f"{name:{width}s} {rate:10.0f} {unit}s/s  {1e6 / rate:7.1f} us/{unit}", flush=True)
+    except Exception as err:  # noqa: BLE001 - report and go on
+        print(f"{name:{width}s} FAILED: {type(err).__name__}: {err}", flush=True)
+
+
 @triton.jit
 def _empty_kernel(ptr):
     tl.store(ptr, 1.0)
@@ -216,12 +227,7 @@ def run_unet_bench(args) -> None:
     rows = []
 
     def add(name, fn, steps_per_call=1, calls=args.calls):
-        try:
-            rate = steps_per_second(fn, steps_per_call, calls)
-            rows.append((name, rate))
-            print(f"{name:80s} {rate:10.0f} samples/s  {1e6 / rate:7.1f} us/sample", flush=True)
-        except Exception as err:  # report the variant that does not run and go on
-            print(f"{name:80s} FAILED: {type(err).__name__}: {err}", flush=True)
+        timed_row(rows, name, fn, steps_per_call, calls, "sample", 80)
 
     def graphed(tag, m, fused, **kw):
         """A decoder with every graph it will replay recorded up front (timed separately)."""
@@ -363,12 +369,7 @@ def main(argv=None):
     per_kernel_times(model)
 
     def add(name, fn, steps_per_call=1, calls=args.calls):
-        try:
-            rate = steps_per_second(fn, steps_per_call, calls)
-            rows.append((name, rate))
-            print(f"{name:64s} {rate:10.0f} steps/s  {1e6 / rate:7.1f} us/step", flush=True)
-        except Exception as err:  # report the variant that does not run and go on
-            print(f"{name:64s} FAILED: {type(err).__name__}: {err}", flush=True)
+        timed_row(rows, name, fn, steps_per_call, calls, "step", 64)
 
     for dtype in (torch.float32, torch.bfloat16):
         m = model.to(dtype)
