@@ -30,4 +30,5 @@ python3 -c "import seqmamba.kernels as k; print('kernels from', k.__file__, k.de
 python3 -m pytest -q -m gpu -p no:cacheprovider kernels tests 2>&1 | tee "$out/gpu_tests.log" | tail -5
 python3 -m seqmamba.kernels.bench_selective_scan 2>&1 | tee "$out/bench_scan.log" | tail -12
 python3 -m seqmamba.kernels.bench_generation 2>&1 | tee "$out/bench_generation.log" | tail -10
+python3 -m seqmamba.kernels.bench_generation --unet 2>&1 | tee "$out/bench_unet.log" | tail -12
 python3 -m seqmamba.kernels.bench_end_to_end 2>&1 | tee "$out/bench_end_to_end.log" | tail -6
