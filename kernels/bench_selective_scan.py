@@ -163,6 +163,9 @@ def main(argv=None):
                               ("ckpt32 bwd 2/SM", dict(ckpt=32, bwd_programs_per_sm=2)),
                               ("ckpt32 bwd 6/SM", dict(ckpt=32, bwd_programs_per_sm=6)),
                               ("bwd 2 warps 2/SM", dict(bwd_warps=2, bwd_programs_per_sm=2)),
+                              ("bwd 8 ch/program 3/SM", dict(bwd_channels=8)),
+                              ("bwd 8 ch/program 8/SM", dict(bwd_channels=8, bwd_programs_per_sm=8)),
+                              ("bwd 16 ch/program 6/SM", dict(bwd_channels=16, bwd_programs_per_sm=6)),
                               ("fwd 12 warps/SM", dict(fwd_warps_per_sm=12))):
                 plans.append((label, plan_config(batch, dim, L, N_STATE, dev, **kw)))
         for label, cfg in plans:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import triton
@@ -679,6 +680,10 @@ class ScanConfig:
     ckpt: int       # checkpoint spacing for the backward (multiple of 4)
     bwd_warps: int  # backward channels per program = 32 * bwd_warps (fewer if B/C groups need it)
     bwd_chunk: int  # backward chunk length (multiple of ckpt)
+    # backward channels per program when fewer than a warp's 32 (a power of 2): the lanes of a
+    # warp then share a channel's states, so each thread holds fewer of them (at 8 channels the
+    # backward compiles with ~no spills, at 32 with ~9 KB per thread; speed not yet measured)
+    bwd_channels: Optional[int] = None
 
 
 def _sm_count(device) -> int:
@@ -694,7 +699,7 @@ def _chunk(L, ckpt, programs_per_chunk, want_programs):
 
 
 def plan_config(batch, dim, L, N, device, *, fwd_warps=1, fwd_warps_per_sm=24, ckpt=None,
-                bwd_warps=1, bwd_programs_per_sm=3) -> ScanConfig:
+                bwd_warps=1, bwd_programs_per_sm=3, bwd_channels=None) -> ScanConfig:
     """Heuristic launch shape (measured on an H100, see BENCHMARKS.md).
 
     Forward: one-warp programs and enough chunks for ~24 warps per SM; more chunks cost a state
@@ -705,8 +710,9 @@ def plan_config(batch, dim, L, N, device, *, fwd_warps=1, fwd_warps_per_sm=24, c
     ckpt = ckpt or (64 if L >= 65536 else 32)
     fwd_chunk = _chunk(L, ckpt, batch * triton.cdiv(dim, 32 * fwd_warps),
                        fwd_warps_per_sm * sms // fwd_warps)
-    bwd_chunk = _chunk(L, ckpt, batch * triton.cdiv(dim, 32 * bwd_warps), bwd_programs_per_sm * sms)
-    return ScanConfig(fwd_warps, fwd_chunk, ckpt, bwd_warps, bwd_chunk)
+    bwd_chunk = _chunk(L, ckpt, batch * triton.cdiv(dim, bwd_channels or 32 * bwd_warps),
+                       bwd_programs_per_sm * sms)
+    return ScanConfig(fwd_warps, fwd_chunk, ckpt, bwd_warps, bwd_chunk, bwd_channels)
 
 
 def _rows(x):
@@ -763,13 +769,14 @@ class _Problem:
         sC = self.Cf.stride() if self.C_var else (0, 0)
         return sB[0], sB[1], sC[0], sC[1]
 
-    def bwd_block(self, warps):
-        """Channels per backward program and channels per group inside it (for the dB/dC sums)."""
+    def bwd_block(self, warps, channels=None):
+        """Channels per backward program (``channels``, else 32 * warps, halved until the B/C
+        groups fit) and channels per group inside it (for the dB/dC sums)."""
         cpgs = [g for g, var in ((self.cpg_B, self.B_var), (self.cpg_C, self.C_var)) if var]
 
         def fits(bd):
             return all(g % bd == 0 or (bd % g == 0 and g & (g - 1) == 0) for g in cpgs)
-        bd = 32 * warps
+        bd = channels or 32 * warps
         while bd > 1 and not fits(bd):
             bd //= 2
         gsub = [bd if (not var or g % bd == 0) else g
@@ -780,6 +787,9 @@ class _Problem:
 def _check_config(cfg):
     if cfg.ckpt % 4 or cfg.fwd_chunk % cfg.ckpt or cfg.bwd_chunk % cfg.ckpt:
         raise ValueError(f"bad ScanConfig {cfg}: ckpt must be a multiple of 4 and divide the chunks")
+    ch = cfg.bwd_channels
+    if ch is not None and (ch < 1 or ch > 32 * cfg.bwd_warps or ch & (ch - 1)):
+        raise ValueError(f"bad ScanConfig {cfg}: bwd_channels must be a power of 2 <= 32 * bwd_warps")
 
 
 def _forward(P, u, delta, z, initial_state, cfg, ckpt):
@@ -834,7 +844,7 @@ def _backward(P, u, delta, z, dout, ck, dlast, need_dinit, cfg):
     dD = torch.zeros((dim,), **f32) if P.D is not None else None
     dbias = torch.zeros((dim,), **f32) if P.bias is not None else None
     dinit = torch.empty((batch, dim, N), **f32) if need_dinit else None
-    BD, gsub_B, gsub_C = P.bwd_block(cfg.bwd_warps)
+    BD, gsub_B, gsub_C = P.bwd_block(cfg.bwd_warps, cfg.bwd_channels)
     # channel sums for dB/dC: tensor cores when the tile is big enough for tl.dot. Plain tf32
     # (2^-11 per term) only for bf16 B/C, whose own rounding is 2^-8; fp16/fp32 get the hi/lo
     # split, exact to fp32 (a tf32 sum failed fp16's 3e-3 tolerance at L = 2048)

@@ -184,6 +184,11 @@ def test_rejects_bad_shapes():
         selective_scan_triton(u, u, A, torch.zeros(2, 4, 4, 10), torch.zeros(2, 4, 10))
     with pytest.raises(ValueError, match="B must be"):
         selective_scan_triton(u, u, A, torch.zeros(2, 3, 10), torch.zeros(2, 4, 10))
+    from seqmamba.kernels.selective_scan_triton import ScanConfig
+    for channels in (3, 64):  # not a power of 2; more than the program's warps hold
+        with pytest.raises(ValueError, match="bwd_channels"):
+            selective_scan_triton(u, u, A, torch.zeros(2, 4, 10), torch.zeros(2, 4, 10),
+                                  config=ScanConfig(1, 16, 8, 1, 16, channels))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -197,6 +202,7 @@ INTERPRETER_CASES = [
     (2, 3, 33, 8, "float32", "fixed", 1, "none", (1, 16, 8, 1, 16)),    # time-invariant B/C
     (1, 40, 29, 16, "float32", "varB", 1, "all", (2, 12, 4, 1, 8)),     # two channel blocks
     (1, 3, 1, 20, "float32", "varC", 1, "all", None),                   # L = 1, padded N
+    (2, 24, 41, 16, "bfloat16", "var", 1, "all", (1, 16, 8, 1, 16, 8)),  # 8 channels a backward program
 ]
 
 
