@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .mamba_decode_triton import SRC_RES, _stage_row
+from .mamba_decode_triton import SRC_RES, _pow2, _stage_row, _warps
 
 MAX_SAMPLE_VOCAB = 4096  # whole rows in registers; the pairwise top-k/top-p cost grows as V^2
 
@@ -163,10 +163,6 @@ def _head_kernel(part_ptr, res_ptr, norm_w_ptr, lm_w_ptr, logits_ptr, arrive_ptr
                        BLOCK_VS, BLOCK_J)
 
 
-def _pow2(n: int) -> int:
-    return max(triton.next_power_of_2(n), 2)
-
-
 def sampler_flags(sampler, V: int) -> dict:
     """The compile-time switches of ``sample_row`` for a DeviceSampler over V logits."""
     greedy = sampler.temperature == 0
@@ -225,4 +221,4 @@ def launch_head(part: torch.Tensor, res: torch.Tensor, n_part: int, norm, lm_hea
         batch, dm, vocab, n_part, norm.eps, w.stride(0), max_tokens, *scalars,
         SAMPLE=sampler is not None, **flags, BLOCK_V=block_v, BLOCK_K=block_k,
         BLOCK_P=_pow2(n_part), BLOCK_VS=_pow2(vocab),
-        num_warps=8 if block_v * block_k >= 8192 else 4)
+        num_warps=_warps(block_v * block_k))

@@ -191,7 +191,14 @@ def fused_step_unsupported(model) -> str | None:
 
 
 def _pow2(n: int) -> int:
+    """Block size for n values (at least 2: Triton's reductions want a real axis)."""
     return max(triton.next_power_of_2(n), 2)
+
+
+def _warps(tile: int) -> int:
+    """Warps for a program holding a weight tile of ``tile`` values (the decode kernels'
+    rule: 8 from 8k values up, else 4)."""
+    return 8 if tile >= 8192 else 4
 
 
 class FusedMambaStep:
@@ -230,10 +237,6 @@ class FusedMambaStep:
         self.logits = torch.zeros(batch_size, self.vocab, **f32)
         self.arrive = torch.zeros(batch_size, device=dev, dtype=torch.int32)  # head programs done
 
-    @staticmethod
-    def _warps(tile: int) -> int:
-        return 8 if tile >= 8192 else 4
-
     def layer_in(self, i: int, ids: torch.Tensor, cache) -> None:
         layer, lc = self.model.backbone.layers[i], cache.layers[i]
         mx, emb = layer.mixer, self.model.backbone.embedding.weight
@@ -251,7 +254,7 @@ class FusedMambaStep:
             HAS_IN_BIAS=mx.in_proj.bias is not None,
             HAS_CONV_BIAS=mx.conv1d.bias is not None, WIDTH=self.width, BLOCK_C=self.block_in,
             BLOCK_K=self.block_k, BLOCK_P=_pow2(self.n_part), BLOCK_RN=_pow2(self.r + 2 * self.n),
-            num_warps=self._warps(2 * self.block_in * self.block_k))
+            num_warps=_warps(2 * self.block_in * self.block_k))
 
     def layer_ssm(self, i: int, cache) -> None:
         mx, st = self.model.backbone.layers[i].mixer, cache.layers[i].ssm_state
@@ -264,7 +267,7 @@ class FusedMambaStep:
             mx.out_proj.weight.stride(0),
             HAS_OUT_BIAS=mx.out_proj.bias is not None, BLOCK_C=self.block_ssm,
             BLOCK_R=_pow2(self.r), BLOCK_N=_pow2(self.n), BLOCK_P=_pow2(self.n_xpart),
-            BLOCK_M=self.block_k, num_warps=self._warps(self.block_ssm * self.block_k))
+            BLOCK_M=self.block_k, num_warps=_warps(self.block_ssm * self.block_k))
 
     def head(self, sampler=None) -> None:
         """Final norm + LM head into ``self.logits``; with ``sampler`` (a

@@ -37,7 +37,7 @@ import triton.language as tl
 
 from .decode_sample_triton import launch_head
 from .mamba_decode_triton import (MAX_D_MODEL, SRC_EMB, SRC_RES, SRC_X, _layer_in_kernel,
-                                  _layer_ssm_kernel)
+                                  _layer_ssm_kernel, _pow2, _warps)
 
 @triton.jit
 def _pool_kernel(x_ptr, part_ptr, res_ptr, w_ptr, bias_ptr, y_ptr, B, K, M, N_PART,
@@ -85,14 +85,6 @@ def fused_unet_unsupported(model) -> Optional[str]:
     if not all(type(block.mixer) is MambaMixer for block in blocks):
         return "fused decode covers plain Mamba mixers only"
     return None
-
-
-def _pow2(n: int) -> int:
-    return max(triton.next_power_of_2(n), 2)
-
-
-def _warps(tile: int) -> int:
-    return 8 if tile >= 8192 else 4
 
 
 @dataclass
