@@ -18,6 +18,7 @@ sampling, one graph of ``steps_per_replay`` consecutive steps per aligned start 
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Callable, Hashable, Optional, Sequence, Union
 
 import numpy as np
@@ -433,3 +434,27 @@ def graphed_decoder(model, batch_size: int, **kw) -> GraphedDecoder:
         from .unet_decode_graph import UNetGraphedStep
         return UNetGraphedStep(model, batch_size, **kw)
     return GraphedStep(model, batch_size, **kw)
+
+
+def graphed_decoder_or_none(model, batch_size: int, settings: Callable[[], dict], *,
+                            required: bool, option: str, stacklevel: int = 2
+                            ) -> Optional[GraphedDecoder]:
+    """``graphed_decoder(model, batch_size, **settings())`` where it can run here, else None:
+    the one policy of every caller with a graph switch. ``required`` (the caller's switch forced
+    on, named ``option`` in the message) turns an unsupported model into a ValueError and a
+    failed recording into its exception; otherwise a failed recording is a RuntimeWarning
+    (``stacklevel`` counted from the caller) and eager decoding. ``settings`` runs only once
+    the model is known to be graphable (callers draw seeds there)."""
+    why = graph_unsupported(model)
+    if why is not None:
+        if required:
+            raise ValueError(f"{option}: {why}")
+        return None
+    try:
+        return graphed_decoder(model, batch_size, **settings())
+    except Exception as err:  # noqa: BLE001 - a graph that cannot be recorded on this setup
+        if required:
+            raise
+        warnings.warn(f"CUDA-graph decoding unavailable, decoding eagerly: "
+                      f"{type(err).__name__}: {err}", RuntimeWarning, stacklevel=stacklevel + 1)
+        return None

@@ -1,7 +1,6 @@
 """Language-model head: next-token logits, recurrent decoding and sampling."""
 from __future__ import annotations
 
-import warnings
 from typing import Callable, Optional
 
 import torch
@@ -150,25 +149,15 @@ class MambaLM(SeqMambaModel):
                        temperature: float, top_k, top_p, sample_on_device: bool):
         """A graphed decoder for ``generate`` (None: decode eagerly). With sample_on_device it
         samples inside the graphs; otherwise it only runs steps (logits out)."""
-        if graph is False:
+        if graph is False or (graph is None and max_new_tokens < GRAPH_MIN_NEW_TOKENS):
             return None
-        from seqmamba.kernels.decode_graph import graph_unsupported, graphed_decoder
+        from seqmamba.kernels.decode_graph import graphed_decoder_or_none
 
-        why = graph_unsupported(self)
-        if graph is None and (why is not None or max_new_tokens < GRAPH_MIN_NEW_TOKENS):
-            return None
-        if why is not None:
-            raise ValueError(f"graph=True: {why}")
-        kw = {}
-        if sample_on_device:
+        def settings():
+            if not sample_on_device:
+                return {}
             seed = int(torch.randint(0, 2 ** 62, (1,), device=self.device).item())
-            kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                      max_tokens=max_new_tokens)
-        try:
-            return graphed_decoder(self, batch, **kw)
-        except Exception as err:  # noqa: BLE001 - a graph that cannot be recorded here
-            if graph:
-                raise
-            warnings.warn(f"CUDA-graph decoding unavailable, decoding eagerly: "
-                          f"{type(err).__name__}: {err}", RuntimeWarning, stacklevel=3)
-            return None
+            return dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                        max_tokens=max_new_tokens)
+        return graphed_decoder_or_none(self, batch, settings, required=bool(graph),
+                                       option="graph=True", stacklevel=3)

@@ -32,7 +32,6 @@ import json
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -85,23 +84,13 @@ def _graphed_decoder(model, batch: int, use_graph: str, temperature: float, top_
     model is on CUDA and use_graph allows it; None for the eager loop."""
     if use_graph == "off" or model.device.type != "cuda":
         return None
-    from seqmamba.kernels.decode_graph import graph_unsupported, graphed_decoder
+    from seqmamba.kernels.decode_graph import graphed_decoder_or_none
 
-    why = graph_unsupported(model)
-    if why is not None:
-        if use_graph == "on":
-            raise ValueError(f"use_graph='on': {why}")
-        return None
     ban = pad if pad is not None and pad < model.config.vocab_size else None
-    try:
-        return graphed_decoder(model, batch, temperature=temperature, top_k=top_k, top_p=top_p,
-                               ban_token=ban, loglik=True, max_tokens=new_samples)
-    except Exception as err:  # noqa: BLE001 - a graph that cannot be recorded on this setup
-        if use_graph == "on":
-            raise
-        warnings.warn(f"CUDA-graph decoding unavailable, decoding eagerly: "
-                      f"{type(err).__name__}: {err}", RuntimeWarning, stacklevel=2)
-        return None
+    return graphed_decoder_or_none(
+        model, batch, lambda: dict(temperature=temperature, top_k=top_k, top_p=top_p,
+                                   ban_token=ban, loglik=True, max_tokens=new_samples),
+        required=use_graph == "on", option="use_graph='on'", stacklevel=2)
 
 
 class _decode_threads:
