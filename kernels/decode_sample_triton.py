@@ -27,6 +27,9 @@ import triton.language as tl
 
 from .mamba_decode_triton import SRC_RES, _pow2, _stage_row, _warps
 
+# jit code may read a module global only when it is a tl.constexpr (a plain int is a NameError at
+# compile time on the GPU, which the interpreter does not catch)
+_FROM_RES = tl.constexpr(SRC_RES)
 MAX_SAMPLE_VOCAB = 4096  # whole rows in registers; the pairwise top-k/top-p cost grows as V^2
 
 
@@ -148,7 +151,7 @@ def _head_kernel(part_ptr, res_ptr, norm_w_ptr, lm_w_ptr, logits_ptr, arrive_ptr
     w = tl.load(lm_w_ptr + v[:, None] * s_lm + k[None, :], mask=mv[:, None] & (k < DM)[None, :],
                 other=0.0).to(tl.float32)
     hn = _stage_row(part_ptr, part_ptr, part_ptr, part_ptr, res_ptr, part_ptr, part_ptr, res_ptr,
-                    norm_w_ptr, b, B, DM, N_PART, eps, 0, 0, 0, 0, False, SRC_RES, False, False,
+                    norm_w_ptr, b, B, DM, N_PART, eps, 0, 0, 0, 0, False, _FROM_RES, False, False,
                     BLOCK_P, BLOCK_K)
     tl.store(logits_ptr + b * V + v, tl.sum(w * hn[None, :], axis=1), mask=mv)
     if SAMPLE:
