@@ -158,14 +158,13 @@ def main(argv=None):
         plans = [("default", None)]
         if args.sweep:  # backward variants (the forward plan is kept)
             dev = torch.device("cuda")
-            for label, kw in (("ckpt16 bwd 2/SM", dict(ckpt=16, bwd_programs_per_sm=2)),
-                              ("ckpt16 bwd 4/SM", dict(ckpt=16, bwd_programs_per_sm=4)),
-                              ("ckpt32 bwd 2/SM", dict(ckpt=32, bwd_programs_per_sm=2)),
-                              ("ckpt32 bwd 6/SM", dict(ckpt=32, bwd_programs_per_sm=6)),
-                              ("bwd 2 warps 2/SM", dict(bwd_warps=2, bwd_programs_per_sm=2)),
-                              ("bwd 8 ch/program 3/SM", dict(bwd_channels=8)),
-                              ("bwd 8 ch/program 8/SM", dict(bwd_channels=8, bwd_programs_per_sm=8)),
-                              ("bwd 16 ch/program 6/SM", dict(bwd_channels=16, bwd_programs_per_sm=6)),
+            for label, kw in (("bwd 32 ch/program 3/SM", dict(bwd_channels=None)),
+                              ("bwd 8 ch 16/SM", dict(bwd_channels=8, bwd_programs_per_sm=16)),
+                              ("bwd 8 ch 24/SM", dict(bwd_channels=8)),
+                              ("bwd 8 ch ckpt16", dict(bwd_channels=8, ckpt=16)),
+                              ("bwd 4 ch 16/SM", dict(bwd_channels=4)),
+                              ("bwd 4 ch 32/SM", dict(bwd_channels=4, bwd_programs_per_sm=32)),
+                              ("bwd 2 ch 32/SM", dict(bwd_channels=2, bwd_programs_per_sm=32)),
                               ("fwd 12 warps/SM", dict(fwd_warps_per_sm=12))):
                 plans.append((label, plan_config(batch, dim, L, N_STATE, dev, **kw)))
         for label, cfg in plans:

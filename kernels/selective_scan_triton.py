@@ -682,7 +682,7 @@ class ScanConfig:
     bwd_chunk: int  # backward chunk length (multiple of ckpt)
     # backward channels per program when fewer than a warp's 32 (a power of 2): the lanes of a
     # warp then share a channel's states, so each thread holds fewer of them (at 8 channels the
-    # backward compiles with ~no spills, at 32 with ~9 KB per thread; speed not yet measured)
+    # backward compiles with ~no spills, at 32 with ~9 KB per thread); None: 32 * bwd_warps
     bwd_channels: Optional[int] = None
 
 
@@ -699,17 +699,23 @@ def _chunk(L, ckpt, programs_per_chunk, want_programs):
 
 
 def plan_config(batch, dim, L, N, device, *, fwd_warps=1, fwd_warps_per_sm=24, ckpt=None,
-                bwd_warps=1, bwd_programs_per_sm=3, bwd_channels=None) -> ScanConfig:
-    """Heuristic launch shape (measured on an H100, see BENCHMARKS.md).
+                bwd_warps=1, bwd_programs_per_sm=None, bwd_channels="auto") -> ScanConfig:
+    """Heuristic launch shape (measured on an H100 with Triton 3.6, see BENCHMARKS.md).
 
     Forward: one-warp programs and enough chunks for ~24 warps per SM; more chunks cost a state
-    pass, fewer leave the exp units idle. Backward: ~3 programs per SM was fastest on every shape;
-    more chunks (more warps) made it 2-3x slower.
+    pass, fewer leave the exp units idle. Backward: one-warp programs of 8 channels (4 lanes
+    share a channel) and ~24 programs per SM, or of 4 channels at ~16 per SM when batch * dim
+    alone gives >= 2048 such programs (the LM shape); 15-28% faster than one channel per thread
+    (``bwd_channels=None``, best at ~3 programs per SM) on every benchmark shape.
     """
     sms = _sm_count(device)
     ckpt = ckpt or (64 if L >= 65536 else 32)
     fwd_chunk = _chunk(L, ckpt, batch * triton.cdiv(dim, 32 * fwd_warps),
                        fwd_warps_per_sm * sms // fwd_warps)
+    if bwd_channels == "auto":
+        bwd_channels = 4 if batch * dim >= 8192 else 8
+    if bwd_programs_per_sm is None:
+        bwd_programs_per_sm = {4: 16, 8: 24}.get(bwd_channels, 3)
     bwd_chunk = _chunk(L, ckpt, batch * triton.cdiv(dim, bwd_channels or 32 * bwd_warps),
                        bwd_programs_per_sm * sms)
     return ScanConfig(fwd_warps, fwd_chunk, ckpt, bwd_warps, bwd_chunk, bwd_channels)

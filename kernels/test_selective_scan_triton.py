@@ -156,7 +156,8 @@ def test_options(has_z, has_D, has_bias, softplus, cuda_gen):
 
 @gpu
 @pytest.mark.parametrize("itype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("cfg", [(1, 256, 32, 1, 256), (2, 1024, 64, 1, 128), (4, 64, 16, 1, 32)])
+@pytest.mark.parametrize("cfg", [(1, 256, 32, 1, 256), (2, 1024, 64, 1, 128), (4, 64, 16, 1, 32),
+                                 (1, 512, 32, 1, 128, 8), (1, 256, 16, 1, 64, 4)])
 def test_chunked_plans(itype, cfg, cuda_gen):
     """Forward and backward split into many chunks (the long-sequence path) at a checkable length."""
     from seqmamba.kernels.selective_scan_triton import ScanConfig
