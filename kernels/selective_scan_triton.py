@@ -684,6 +684,9 @@ class ScanConfig:
     # warp then share a channel's states, so each thread holds fewer of them (at 8 channels the
     # backward compiles with ~no spills, at 32 with ~9 KB per thread); None: 32 * bwd_warps
     bwd_channels: Optional[int] = None
+    # the step-wise backward (selective_scan_bwd_steps_triton): 2-D tensors only, fewer registers;
+    # untimed, so off by default
+    bwd_steps: bool = False
 
 
 def _sm_count(device) -> int:
@@ -699,7 +702,8 @@ def _chunk(L, ckpt, programs_per_chunk, want_programs):
 
 
 def plan_config(batch, dim, L, N, device, *, fwd_warps=1, fwd_warps_per_sm=24, ckpt=None,
-                bwd_warps=1, bwd_programs_per_sm=None, bwd_channels="auto") -> ScanConfig:
+                bwd_warps=1, bwd_programs_per_sm=None, bwd_channels="auto",
+                bwd_steps=False) -> ScanConfig:
     """Heuristic launch shape (measured on an H100 with Triton 3.6, see BENCHMARKS.md).
 
     Forward: one-warp programs and enough chunks for ~24 warps per SM; more chunks cost a state
@@ -718,7 +722,7 @@ def plan_config(batch, dim, L, N, device, *, fwd_warps=1, fwd_warps_per_sm=24, c
         bwd_programs_per_sm = {4: 16, 8: 24}.get(bwd_channels, 3)
     bwd_chunk = _chunk(L, ckpt, batch * triton.cdiv(dim, bwd_channels or 32 * bwd_warps),
                        bwd_programs_per_sm * sms)
-    return ScanConfig(fwd_warps, fwd_chunk, ckpt, bwd_warps, bwd_chunk, bwd_channels)
+    return ScanConfig(fwd_warps, fwd_chunk, ckpt, bwd_warps, bwd_chunk, bwd_channels, bwd_steps)
 
 
 def _rows(x):
@@ -889,7 +893,10 @@ def _backward(P, u, delta, z, dout, ck, dlast, need_dinit, cfg):
             lam, lloc, sdt, P.A, dim, n_chunks, N=N, BLOCK=BLOCK, num_warps=4)
     n_dblk = triton.cdiv(dim, BD)
     scratch = torch.empty((n_dblk * batch * n_chunks * (cfg.ckpt // 4) * BD * NP,), **f32)
-    _bwd_kernel[(n_dblk, batch, n_chunks)](
+    kernel = _bwd_kernel
+    if cfg.bwd_steps:
+        from .selective_scan_bwd_steps_triton import _bwd_steps_kernel as kernel
+    kernel[(n_dblk, batch, n_chunks)](
         u, delta, zz, dout, P.A, P.Bf, P.Cf, dummy if P.D is None else P.D, bias, ck, lam, scratch,
         du, ddelta, dz if dz is not None else du, dA, dB, dC,
         dD if dD is not None else dA, dbias if dbias is not None else dA,

@@ -1,0 +1,279 @@
+"""Scan backward, step-wise variant (``ScanConfig(bwd_steps=True)``): the same algorithm as
+``selective_scan_triton._bwd_kernel`` (rescan each checkpoint block forward keeping the state at
+every 4-step tile, then run the tiles in reverse), written one time step at a time.
+
+Why a second form: the main backward loads each channel's 4 steps as one [1, BD, 4] vector, and
+Triton's layout pass then spreads those 4 steps over lanes; the [NP, BD, 4] state tiles inherit
+that layout, so with 8 channels a program the 4 lanes of a channel each hold all 16 states and
+repeat the same recurrence (255 registers a thread, see BENCHMARKS.md). Here every tensor is 2-D:
+states [NP, BD] (4 lanes x 4 states per channel, from the checkpoint load), per-channel steps
+[1, BD], B/C steps [NP, 1]. Compiled for sm_90 with Triton 3.6 at 8 channels: 187 registers, no
+spills, 3048 SASS instructions against 255 registers and 3872 for the main kernel. The price is
+one scalar load per channel, row and step instead of one 8-byte load per 4 steps. Not yet timed
+on a GPU; the benchmark sweep includes it.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .selective_scan_triton import LOG2E, _chan_sum, _ld_bc, _load_delta
+
+LN2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def _state_step(h, t, m, mn, A2, bias, Bd, dt_row, u_row, B_row2, N: tl.constexpr,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr):
+    dt, _ = _load_delta(dt_row + t, m, bias, HAS_BIAS, SOFTPLUS)
+    uu = tl.load(u_row + t, mask=m, other=0.0).to(tl.float32)
+    return tl.exp2(A2 * dt) * h + (dt * uu) * _ld_bc(B_row2, t * N, mn, Bd, B_VAR)
+
+
+@triton.jit
+def _in_step(h, t, m, mn, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2,
+             C_row2, dC_row, dCf, gmask_C, IND_C, N: tl.constexpr, GSUB_C: tl.constexpr,
+             SUM_MODE: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr,
+             HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr,
+             C_VAR: tl.constexpr):
+    """Step t forward from the state h entering it: h_t and what the way back needs (a_t,
+    a_t h_{t-1}, delta'_t, its pre-softplus value, u_t, dy_t); writes dz_t and dC_t."""
+    dt, x = _load_delta(dt_row + t, m, bias, HAS_BIAS, SOFTPLUS)
+    uu = tl.load(u_row + t, mask=m, other=0.0).to(tl.float32)
+    gg = tl.load(g_row + t, mask=m, other=0.0).to(tl.float32)
+    a = tl.exp2(A2 * dt)
+    ha = a * h
+    h = ha + (dt * uu) * _ld_bc(B_row2, t * N, mn, Bd, B_VAR)
+    if HAS_Z:
+        zz = tl.load(z_row + t, mask=m, other=0.0).to(tl.float32)
+        sz = tl.sigmoid(zz)
+        dy = gg * zz * sz
+        y = tl.sum(h * _ld_bc(C_row2, t * N, mn, Cd, C_VAR), axis=0, keep_dims=True)
+        if HAS_D:
+            y += Dd * uu
+        tl.store(dz_row + t, (gg * sz * (1.0 + zz * (1.0 - sz)) * y).to(dz_row.dtype.element_ty),
+                 mask=m)
+    else:
+        dy = gg
+    zc = h * dy
+    if C_VAR:
+        tl.store(dC_row + t * N, _chan_sum(zc, IND_C, GSUB_C, SUM_MODE), mask=mn & gmask_C)
+    else:
+        dCf += zc
+    return h, a, ha, dt, x, uu, dy, dCf
+
+
+@triton.jit
+def _out_step(lam, a_nx, a, ha, dt, x, uu, dy, dA_acc, dBf, t, m, mn, A2, Bd, Cd, Dd, du_row,
+              ddt_row, B_row2, C_row2, dB_row, gmask_B, IND_B, N: tl.constexpr,
+              GSUB_B: tl.constexpr, SUM_MODE: tl.constexpr, HAS_D: tl.constexpr,
+              SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
+    """Step t backward: lam_t = C_t dy_t + a_{t+1} lam_{t+1}; writes du_t, ddelta_t and dB_t;
+    returns lam_t, a_t (the decay for step t - 1), the accumulators, dy_t u_t and ddelta_t."""
+    lam = _ld_bc(C_row2, t * N, mn, Cd, C_VAR) * dy + a_nx * lam
+    zb = lam * (dt * uu)
+    if B_VAR:
+        tl.store(dB_row + t * N, _chan_sum(zb, IND_B, GSUB_B, SUM_MODE), mask=mn & gmask_B)
+    else:
+        dBf += zb
+    w = lam * ha
+    dA_acc += w * dt
+    q = tl.sum(lam * _ld_bc(B_row2, t * N, mn, Bd, B_VAR), axis=0, keep_dims=True)
+    ddt = q * uu + tl.sum(w * A2, axis=0, keep_dims=True) * LN2  # A2 = A log2(e)
+    du = q * dt
+    if HAS_D:
+        du += Dd * dy
+    if SOFTPLUS:
+        ddt = ddt * tl.sigmoid(x)
+    ddt = tl.where(m, ddt, 0.0)
+    tl.store(du_row + t, du.to(du_row.dtype.element_ty), mask=m)
+    tl.store(ddt_row + t, ddt.to(ddt_row.dtype.element_ty), mask=m)
+    return lam, a, dA_acc, dBf, dy * uu, ddt
+
+
+@triton.jit
+def _bwd_steps_tile(h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, t0, tend, dmask, nmask2, A2, bias,
+               Bd, Cd, Dd, dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row, B_row2, C_row2,
+               dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C,
+               N: tl.constexpr, GSUB_B: tl.constexpr, GSUB_C: tl.constexpr,
+               SUM_MODE: tl.constexpr, MASKED: tl.constexpr, HAS_Z: tl.constexpr,
+               HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+               B_VAR: tl.constexpr, C_VAR: tl.constexpr):
+    """Steps [t0, t0 + 4) (those < tend if MASKED): forward from h, then back from lam."""
+    if MASKED:
+        m0, m1, m2, m3 = dmask & (t0 < tend), dmask & (t0 + 1 < tend), dmask & (t0 + 2 < tend), \
+            dmask & (t0 + 3 < tend)
+        n0, n1, n2, n3 = nmask2 & (t0 < tend), nmask2 & (t0 + 1 < tend), \
+            nmask2 & (t0 + 2 < tend), nmask2 & (t0 + 3 < tend)
+    else:
+        m0, m1, m2, m3 = dmask, dmask, dmask, dmask
+        n0, n1, n2, n3 = nmask2, nmask2, nmask2, nmask2
+    h, a0, ha0, d0, x0, u0, y0, dCf = _in_step(
+        h, t0, m0, n0, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2, C_row2,
+        dC_row, dCf, gmask_C, IND_C, N, GSUB_C, SUM_MODE, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR,
+        C_VAR)
+    h, a1, ha1, d1, x1, u1, y1, dCf = _in_step(
+        h, t0 + 1, m1, n1, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2,
+        C_row2, dC_row, dCf, gmask_C, IND_C, N, GSUB_C, SUM_MODE, HAS_Z, HAS_D, HAS_BIAS,
+        SOFTPLUS, B_VAR, C_VAR)
+    h, a2, ha2, d2, x2, u2, y2, dCf = _in_step(
+        h, t0 + 2, m2, n2, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2,
+        C_row2, dC_row, dCf, gmask_C, IND_C, N, GSUB_C, SUM_MODE, HAS_Z, HAS_D, HAS_BIAS,
+        SOFTPLUS, B_VAR, C_VAR)
+    h, a3, ha3, d3, x3, u3, y3, dCf = _in_step(
+        h, t0 + 3, m3, n3, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2,
+        C_row2, dC_row, dCf, gmask_C, IND_C, N, GSUB_C, SUM_MODE, HAS_Z, HAS_D, HAS_BIAS,
+        SOFTPLUS, B_VAR, C_VAR)
+    lam, a_nx, dA_acc, dBf, pd, pb = _out_step(
+        lam, a_nx, a3, ha3, d3, x3, u3, y3, dA_acc, dBf, t0 + 3, m3, n3, A2, Bd, Cd, Dd, du_row,
+        ddt_row, B_row2, C_row2, dB_row, gmask_B, IND_B, N, GSUB_B, SUM_MODE, HAS_D, SOFTPLUS,
+        B_VAR, C_VAR)
+    dD_acc += pd
+    db_acc += pb
+    lam, a_nx, dA_acc, dBf, pd, pb = _out_step(
+        lam, a_nx, a2, ha2, d2, x2, u2, y2, dA_acc, dBf, t0 + 2, m2, n2, A2, Bd, Cd, Dd, du_row,
+        ddt_row, B_row2, C_row2, dB_row, gmask_B, IND_B, N, GSUB_B, SUM_MODE, HAS_D, SOFTPLUS,
+        B_VAR, C_VAR)
+    dD_acc += pd
+    db_acc += pb
+    lam, a_nx, dA_acc, dBf, pd, pb = _out_step(
+        lam, a_nx, a1, ha1, d1, x1, u1, y1, dA_acc, dBf, t0 + 1, m1, n1, A2, Bd, Cd, Dd, du_row,
+        ddt_row, B_row2, C_row2, dB_row, gmask_B, IND_B, N, GSUB_B, SUM_MODE, HAS_D, SOFTPLUS,
+        B_VAR, C_VAR)
+    dD_acc += pd
+    db_acc += pb
+    lam, a_nx, dA_acc, dBf, pd, pb = _out_step(
+        lam, a_nx, a0, ha0, d0, x0, u0, y0, dA_acc, dBf, t0, m0, n0, A2, Bd, Cd, Dd, du_row,
+        ddt_row, B_row2, C_row2, dB_row, gmask_B, IND_B, N, GSUB_B, SUM_MODE, HAS_D, SOFTPLUS,
+        B_VAR, C_VAR)
+    dD_acc += pd
+    db_acc += pb
+    return lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc
+
+
+@triton.jit
+def _bwd_steps_kernel(
+    u_ptr, dt_ptr, z_ptr, g_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ck_ptr, lam_ptr, scr_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dinit_ptr,
+    s_ub, s_ud, s_tb, s_td, s_zb, s_zd, s_gb, s_gd, s_xb, s_xd,
+    s_Bb, s_Bg, s_Cb, s_Cg,
+    L, dim, cpg_B, cpg_C, CH, CKPT, n_ck,
+    N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, GSUB_B: tl.constexpr,
+    GSUB_C: tl.constexpr, GP_B: tl.constexpr, GP_C: tl.constexpr, SUM_MODE: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr,
+):
+    """Backward of chunk c of BD channels of one batch row; arguments and outputs as _bwd_kernel."""
+    pid_d = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    c = tl.program_id(2)
+    n_chunks = tl.num_programs(2)
+    n2 = tl.arange(0, NP)[:, None]
+    d2 = pid_d * BD + tl.arange(0, BD)[None, :]
+    dmask = d2 < dim
+    nmask2 = n2 < N
+    dn2 = dmask & nmask2
+    d64 = d2.to(tl.int64)
+    A2 = tl.load(A_ptr + d2 * N + n2, mask=dn2, other=0.0) * LOG2E
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d2, mask=dmask, other=0.0)
+    Dd = 0.0
+    if HAS_D:
+        Dd = tl.load(D_ptr + d2, mask=dmask, other=0.0)
+    dt_row = dt_ptr + b * s_tb + d64 * s_td
+    u_row = u_ptr + b * s_ub + d64 * s_ud
+    z_row = z_ptr + b * s_zb + d64 * s_zd
+    g_row = g_ptr + b * s_gb + d64 * s_gd
+    du_row = du_ptr + b * s_xb + d64 * s_xd
+    ddt_row = ddt_ptr + b * s_xb + d64 * s_xd
+    dz_row = dz_ptr + b * s_xb + d64 * s_xd
+    n_b = tl.num_programs(1)
+    d0 = pid_d * BD
+    if GSUB_B < BD:
+        B_row2 = B_ptr + b * s_Bb + tl.minimum(d2 // cpg_B, dim // cpg_B - 1) * s_Bg + n2
+    else:
+        B_row2 = B_ptr + b * s_Bb + (d0 // cpg_B) * s_Bg + n2
+    if GSUB_C < BD:
+        C_row2 = C_ptr + b * s_Cb + tl.minimum(d2 // cpg_C, dim // cpg_C - 1) * s_Cg + n2
+    else:
+        C_row2 = C_ptr + b * s_Cb + (d0 // cpg_C) * s_Cg + n2
+    gB = tl.arange(0, GP_B)[None, :]
+    gC = tl.arange(0, GP_C)[None, :]
+    # partial dB/dC (parts, batch, groups, L, N), as in _bwd_kernel
+    dB_row = dB_ptr + (((d0 % cpg_B) // BD * n_b + b) * (dim // cpg_B) + d0 // cpg_B + gB) * L * N + n2
+    dC_row = dC_ptr + (((d0 % cpg_C) // BD * n_b + b) * (dim // cpg_C) + d0 // cpg_C + gC) * L * N + n2
+    gmask_B = (gB < BD // GSUB_B) & (d0 + gB * GSUB_B < dim)
+    gmask_C = (gC < BD // GSUB_C) & (d0 + gC * GSUB_C < dim)
+    dl = tl.arange(0, BD)[:, None]
+    IND_B = tl.where(dl // GSUB_B == gB, 1.0, 0.0)
+    IND_C = tl.where(dl // GSUB_C == gC, 1.0, 0.0)
+    Bd = 0.0
+    if not B_VAR:
+        Bd = tl.load(B_ptr + d2 * N + n2, mask=dn2, other=0.0)
+    Cd = 0.0
+    if not C_VAR:
+        Cd = tl.load(C_ptr + d2 * N + n2, mask=dn2, other=0.0)
+    ck_row = ck_ptr + b * (n_ck + 1) * dim * N + d2 * N + n2
+    scr_row = scr_ptr + ((pid_d * n_b + b) * n_chunks + c).to(tl.int64) * (CKPT // 4) * BD * NP \
+        + (d2 - d0) * NP + n2
+    t_begin = c * CH
+    t_end = tl.minimum(t_begin + CH, L)
+    lam = tl.load(lam_ptr + ((b * n_chunks + c) * dim + d2) * N + n2, mask=dn2, other=0.0)
+    d_nx, _ = _load_delta(dt_row + t_end, (t_end < L) & dmask, bias, HAS_BIAS, SOFTPLUS)
+    a_nx = tl.exp2(A2 * d_nx)
+    dA_acc = tl.zeros([NP, BD], dtype=tl.float32)
+    dBf = tl.zeros([NP, BD], dtype=tl.float32)
+    dCf = tl.zeros([NP, BD], dtype=tl.float32)
+    dD_acc = tl.zeros([1, BD], dtype=tl.float32)
+    db_acc = tl.zeros([1, BD], dtype=tl.float32)
+    n_blk = tl.cdiv(t_end - t_begin, CKPT)
+    for ib in range(0, n_blk):
+        s0 = t_begin + (n_blk - 1 - ib) * CKPT
+        s1 = tl.minimum(s0 + CKPT, t_end)
+        s_full = s0 + ((s1 - s0) // 4) * 4
+        h = tl.load(ck_row + (s0 // CKPT).to(tl.int64) * dim * N, mask=dn2, other=0.0)
+        # forward over the block: the state entering every tile goes to scratch
+        for t0 in range(s0, s_full, 4):
+            tl.store(scr_row + ((t0 - s0) // 4) * BD * NP, h)
+            h = _state_step(h, t0, dmask, nmask2, A2, bias, Bd, dt_row, u_row, B_row2, N,
+                            HAS_BIAS, SOFTPLUS, B_VAR)
+            h = _state_step(h, t0 + 1, dmask, nmask2, A2, bias, Bd, dt_row, u_row, B_row2, N,
+                            HAS_BIAS, SOFTPLUS, B_VAR)
+            h = _state_step(h, t0 + 2, dmask, nmask2, A2, bias, Bd, dt_row, u_row, B_row2, N,
+                            HAS_BIAS, SOFTPLUS, B_VAR)
+            h = _state_step(h, t0 + 3, dmask, nmask2, A2, bias, Bd, dt_row, u_row, B_row2, N,
+                            HAS_BIAS, SOFTPLUS, B_VAR)
+        if s_full < s1:
+            tl.store(scr_row + ((s_full - s0) // 4) * BD * NP, h)
+        tl.debug_barrier()
+        # backward over the block's tiles, the partial last one first
+        if s_full < s1:
+            h = tl.load(scr_row + ((s_full - s0) // 4) * BD * NP)
+            lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc = _bwd_steps_tile(
+                h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, s_full, s1, dmask, nmask2, A2,
+                bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row, B_row2,
+                C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C, N, GSUB_B, GSUB_C,
+                SUM_MODE, True, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR, C_VAR)
+        n_t = (s_full - s0) // 4
+        for j in range(0, n_t):
+            t0 = s_full - 4 - 4 * j
+            h = tl.load(scr_row + ((t0 - s0) // 4) * BD * NP)
+            lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc = _bwd_steps_tile(
+                h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, t0, s1, dmask, nmask2, A2,
+                bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row, B_row2,
+                C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C, N, GSUB_B, GSUB_C,
+                SUM_MODE, False, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR, C_VAR)
+        tl.debug_barrier()  # scratch is rewritten by the next block
+    tl.atomic_add(dA_ptr + d2 * N + n2, dA_acc, mask=dn2)
+    if not B_VAR:
+        tl.atomic_add(dB_ptr + d2 * N + n2, dBf, mask=dn2)
+    if not C_VAR:
+        tl.atomic_add(dC_ptr + d2 * N + n2, dCf, mask=dn2)
+    if HAS_D:
+        tl.atomic_add(dD_ptr + d2, dD_acc, mask=dmask)
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + d2, db_acc, mask=dmask)
+    if HAS_INIT:
+        if c == 0:
+            tl.store(dinit_ptr + (b * dim + d2) * N + n2, a_nx * lam, mask=dn2)
