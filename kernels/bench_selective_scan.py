@@ -165,10 +165,11 @@ def main(argv=None):
                               ("bwd 4 ch 16/SM", dict(bwd_channels=4)),
                               ("bwd 4 ch 32/SM", dict(bwd_channels=4, bwd_programs_per_sm=32)),
                               ("bwd 2 ch 32/SM", dict(bwd_channels=2, bwd_programs_per_sm=32)),
-                              ("steps 8 ch 24/SM", dict(bwd_channels=8, bwd_steps=True)),
-                              ("steps 8 ch 32/SM", dict(bwd_channels=8, bwd_steps=True,
-                                                        bwd_programs_per_sm=32)),
-                              ("steps 4 ch 16/SM", dict(bwd_channels=4, bwd_steps=True)),
+                              ("steps4 8 ch 24/SM", dict(bwd_channels=8, bwd_steps=4)),
+                              ("steps2 8 ch 24/SM", dict(bwd_channels=8, bwd_steps=2)),
+                              ("steps2 8 ch 32/SM", dict(bwd_channels=8, bwd_steps=2,
+                                                         bwd_programs_per_sm=32)),
+                              ("steps2 4 ch 16/SM", dict(bwd_channels=4, bwd_steps=2)),
                               ("fwd 12 warps/SM", dict(fwd_warps_per_sm=12))):
                 plans.append((label, plan_config(batch, dim, L, N_STATE, dev, **kw)))
         for label, cfg in plans:

@@ -1,14 +1,14 @@
-"""Scan backward, step-wise variant (``ScanConfig(bwd_steps=True)``): the same algorithm as
+"""Scan backward, step-wise variant (``ScanConfig(bwd_steps=2 or 4)``): the same algorithm as
 ``selective_scan_triton._bwd_kernel`` (rescan each checkpoint block forward keeping the state at
-every 4-step tile, then run the tiles in reverse), written one time step at a time.
+every tile of 2 or 4 steps, then run the tiles in reverse), written one time step at a time.
 
 Why a second form: the main backward loads each channel's 4 steps as one [1, BD, 4] vector, and
 Triton's layout pass then spreads those 4 steps over lanes; the [NP, BD, 4] state tiles inherit
 that layout, so with 8 channels a program the 4 lanes of a channel each hold all 16 states and
 repeat the same recurrence (255 registers a thread, see BENCHMARKS.md). Here every tensor is 2-D:
 states [NP, BD] (4 lanes x 4 states per channel, from the checkpoint load), per-channel steps
-[1, BD], B/C steps [NP, 1]. Compiled for sm_90 with Triton 3.6 at 8 channels: 187 registers, no
-spills, 3048 SASS instructions against 255 registers and 3872 for the main kernel. The price is
+[1, BD], B/C steps [NP, 1]. Compiled for sm_90 by Triton 3.6 (8 channels a program): 128
+registers with 2-step tiles, 187 with 4, no spills, against 255 for the main kernel. The price is
 one scalar load per channel, row and step instead of one 8-byte load per 4 steps. Not yet timed
 on a GPU; the benchmark sweep includes it.
 """
@@ -92,58 +92,64 @@ def _out_step(lam, a_nx, a, ha, dt, x, uu, dy, dA_acc, dBf, t, m, mn, A2, Bd, Cd
 
 
 @triton.jit
-def _bwd_steps_tile(h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, t0, tend, dmask, nmask2, A2, bias,
-               Bd, Cd, Dd, dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row, B_row2, C_row2,
-               dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C,
-               N: tl.constexpr, GSUB_B: tl.constexpr, GSUB_C: tl.constexpr,
-               SUM_MODE: tl.constexpr, MASKED: tl.constexpr, HAS_Z: tl.constexpr,
-               HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-               B_VAR: tl.constexpr, C_VAR: tl.constexpr):
-    """Steps [t0, t0 + 4) (those < tend if MASKED): forward from h, then back from lam."""
+def _step_masks(t, tend, dmask, nmask2, MASKED: tl.constexpr):
     if MASKED:
-        m0, m1, m2, m3 = dmask & (t0 < tend), dmask & (t0 + 1 < tend), dmask & (t0 + 2 < tend), \
-            dmask & (t0 + 3 < tend)
-        n0, n1, n2, n3 = nmask2 & (t0 < tend), nmask2 & (t0 + 1 < tend), \
-            nmask2 & (t0 + 2 < tend), nmask2 & (t0 + 3 < tend)
-    else:
-        m0, m1, m2, m3 = dmask, dmask, dmask, dmask
-        n0, n1, n2, n3 = nmask2, nmask2, nmask2, nmask2
+        return dmask & (t < tend), nmask2 & (t < tend)
+    return dmask, nmask2
+
+
+@triton.jit
+def _bwd_steps_tile(h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, t0, tend, dmask, nmask2, A2,
+                    bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row,
+                    B_row2, C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C,
+                    N: tl.constexpr, GSUB_B: tl.constexpr, GSUB_C: tl.constexpr,
+                    SUM_MODE: tl.constexpr, TILE: tl.constexpr, MASKED: tl.constexpr,
+                    HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
+    """Steps [t0, t0 + TILE) (those < tend if MASKED), TILE 2 or 4: forward from h, keeping each
+    step's decay and inputs in registers, then back from lam. A longer tile stores fewer states
+    to scratch but keeps more values live (sm_90, 8 channels: 128 registers at 2, 187 at 4)."""
+    m0, k0 = _step_masks(t0, tend, dmask, nmask2, MASKED)
+    m1, k1 = _step_masks(t0 + 1, tend, dmask, nmask2, MASKED)
     h, a0, ha0, d0, x0, u0, y0, dCf = _in_step(
-        h, t0, m0, n0, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2, C_row2,
+        h, t0, m0, k0, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2, C_row2,
         dC_row, dCf, gmask_C, IND_C, N, GSUB_C, SUM_MODE, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR,
         C_VAR)
     h, a1, ha1, d1, x1, u1, y1, dCf = _in_step(
-        h, t0 + 1, m1, n1, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2,
+        h, t0 + 1, m1, k1, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2,
         C_row2, dC_row, dCf, gmask_C, IND_C, N, GSUB_C, SUM_MODE, HAS_Z, HAS_D, HAS_BIAS,
         SOFTPLUS, B_VAR, C_VAR)
-    h, a2, ha2, d2, x2, u2, y2, dCf = _in_step(
-        h, t0 + 2, m2, n2, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2,
-        C_row2, dC_row, dCf, gmask_C, IND_C, N, GSUB_C, SUM_MODE, HAS_Z, HAS_D, HAS_BIAS,
-        SOFTPLUS, B_VAR, C_VAR)
-    h, a3, ha3, d3, x3, u3, y3, dCf = _in_step(
-        h, t0 + 3, m3, n3, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2,
-        C_row2, dC_row, dCf, gmask_C, IND_C, N, GSUB_C, SUM_MODE, HAS_Z, HAS_D, HAS_BIAS,
-        SOFTPLUS, B_VAR, C_VAR)
+    if TILE == 4:
+        m2, k2 = _step_masks(t0 + 2, tend, dmask, nmask2, MASKED)
+        m3, k3 = _step_masks(t0 + 3, tend, dmask, nmask2, MASKED)
+        h, a2, ha2, d2, x2, u2, y2, dCf = _in_step(
+            h, t0 + 2, m2, k2, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2,
+            C_row2, dC_row, dCf, gmask_C, IND_C, N, GSUB_C, SUM_MODE, HAS_Z, HAS_D, HAS_BIAS,
+            SOFTPLUS, B_VAR, C_VAR)
+        h, a3, ha3, d3, x3, u3, y3, dCf = _in_step(
+            h, t0 + 3, m3, k3, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2,
+            C_row2, dC_row, dCf, gmask_C, IND_C, N, GSUB_C, SUM_MODE, HAS_Z, HAS_D, HAS_BIAS,
+            SOFTPLUS, B_VAR, C_VAR)
+        lam, a_nx, dA_acc, dBf, pd, pb = _out_step(
+            lam, a_nx, a3, ha3, d3, x3, u3, y3, dA_acc, dBf, t0 + 3, m3, k3, A2, Bd, Cd, Dd,
+            du_row, ddt_row, B_row2, C_row2, dB_row, gmask_B, IND_B, N, GSUB_B, SUM_MODE, HAS_D,
+            SOFTPLUS, B_VAR, C_VAR)
+        dD_acc += pd
+        db_acc += pb
+        lam, a_nx, dA_acc, dBf, pd, pb = _out_step(
+            lam, a_nx, a2, ha2, d2, x2, u2, y2, dA_acc, dBf, t0 + 2, m2, k2, A2, Bd, Cd, Dd,
+            du_row, ddt_row, B_row2, C_row2, dB_row, gmask_B, IND_B, N, GSUB_B, SUM_MODE, HAS_D,
+            SOFTPLUS, B_VAR, C_VAR)
+        dD_acc += pd
+        db_acc += pb
     lam, a_nx, dA_acc, dBf, pd, pb = _out_step(
-        lam, a_nx, a3, ha3, d3, x3, u3, y3, dA_acc, dBf, t0 + 3, m3, n3, A2, Bd, Cd, Dd, du_row,
+        lam, a_nx, a1, ha1, d1, x1, u1, y1, dA_acc, dBf, t0 + 1, m1, k1, A2, Bd, Cd, Dd, du_row,
         ddt_row, B_row2, C_row2, dB_row, gmask_B, IND_B, N, GSUB_B, SUM_MODE, HAS_D, SOFTPLUS,
         B_VAR, C_VAR)
     dD_acc += pd
     db_acc += pb
     lam, a_nx, dA_acc, dBf, pd, pb = _out_step(
-        lam, a_nx, a2, ha2, d2, x2, u2, y2, dA_acc, dBf, t0 + 2, m2, n2, A2, Bd, Cd, Dd, du_row,
-        ddt_row, B_row2, C_row2, dB_row, gmask_B, IND_B, N, GSUB_B, SUM_MODE, HAS_D, SOFTPLUS,
-        B_VAR, C_VAR)
-    dD_acc += pd
-    db_acc += pb
-    lam, a_nx, dA_acc, dBf, pd, pb = _out_step(
-        lam, a_nx, a1, ha1, d1, x1, u1, y1, dA_acc, dBf, t0 + 1, m1, n1, A2, Bd, Cd, Dd, du_row,
-        ddt_row, B_row2, C_row2, dB_row, gmask_B, IND_B, N, GSUB_B, SUM_MODE, HAS_D, SOFTPLUS,
-        B_VAR, C_VAR)
-    dD_acc += pd
-    db_acc += pb
-    lam, a_nx, dA_acc, dBf, pd, pb = _out_step(
-        lam, a_nx, a0, ha0, d0, x0, u0, y0, dA_acc, dBf, t0, m0, n0, A2, Bd, Cd, Dd, du_row,
+        lam, a_nx, a0, ha0, d0, x0, u0, y0, dA_acc, dBf, t0, m0, k0, A2, Bd, Cd, Dd, du_row,
         ddt_row, B_row2, C_row2, dB_row, gmask_B, IND_B, N, GSUB_B, SUM_MODE, HAS_D, SOFTPLUS,
         B_VAR, C_VAR)
     dD_acc += pd
@@ -162,8 +168,10 @@ def _bwd_steps_kernel(
     GSUB_C: tl.constexpr, GP_B: tl.constexpr, GP_C: tl.constexpr, SUM_MODE: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr,
+    TILE: tl.constexpr = 4,
 ):
-    """Backward of chunk c of BD channels of one batch row; arguments and outputs as _bwd_kernel."""
+    """Backward of chunk c of BD channels of one batch row; arguments and outputs as _bwd_kernel,
+    with the scratch holding the state entering each TILE-step tile ((CKPT // TILE) x BD x NP)."""
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
@@ -215,7 +223,7 @@ def _bwd_steps_kernel(
     if not C_VAR:
         Cd = tl.load(C_ptr + d2 * N + n2, mask=dn2, other=0.0)
     ck_row = ck_ptr + b * (n_ck + 1) * dim * N + d2 * N + n2
-    scr_row = scr_ptr + ((pid_d * n_b + b) * n_chunks + c).to(tl.int64) * (CKPT // 4) * BD * NP \
+    scr_row = scr_ptr + ((pid_d * n_b + b) * n_chunks + c).to(tl.int64) * (CKPT // TILE) * BD * NP \
         + (d2 - d0) * NP + n2
     t_begin = c * CH
     t_end = tl.minimum(t_begin + CH, L)
@@ -231,39 +239,40 @@ def _bwd_steps_kernel(
     for ib in range(0, n_blk):
         s0 = t_begin + (n_blk - 1 - ib) * CKPT
         s1 = tl.minimum(s0 + CKPT, t_end)
-        s_full = s0 + ((s1 - s0) // 4) * 4
+        s_full = s0 + ((s1 - s0) // TILE) * TILE
         h = tl.load(ck_row + (s0 // CKPT).to(tl.int64) * dim * N, mask=dn2, other=0.0)
         # forward over the block: the state entering every tile goes to scratch
-        for t0 in range(s0, s_full, 4):
-            tl.store(scr_row + ((t0 - s0) // 4) * BD * NP, h)
+        for t0 in range(s0, s_full, TILE):
+            tl.store(scr_row + ((t0 - s0) // TILE) * BD * NP, h)
             h = _state_step(h, t0, dmask, nmask2, A2, bias, Bd, dt_row, u_row, B_row2, N,
                             HAS_BIAS, SOFTPLUS, B_VAR)
             h = _state_step(h, t0 + 1, dmask, nmask2, A2, bias, Bd, dt_row, u_row, B_row2, N,
                             HAS_BIAS, SOFTPLUS, B_VAR)
-            h = _state_step(h, t0 + 2, dmask, nmask2, A2, bias, Bd, dt_row, u_row, B_row2, N,
-                            HAS_BIAS, SOFTPLUS, B_VAR)
-            h = _state_step(h, t0 + 3, dmask, nmask2, A2, bias, Bd, dt_row, u_row, B_row2, N,
-                            HAS_BIAS, SOFTPLUS, B_VAR)
+            if TILE == 4:
+                h = _state_step(h, t0 + 2, dmask, nmask2, A2, bias, Bd, dt_row, u_row, B_row2, N,
+                                HAS_BIAS, SOFTPLUS, B_VAR)
+                h = _state_step(h, t0 + 3, dmask, nmask2, A2, bias, Bd, dt_row, u_row, B_row2, N,
+                                HAS_BIAS, SOFTPLUS, B_VAR)
         if s_full < s1:
-            tl.store(scr_row + ((s_full - s0) // 4) * BD * NP, h)
+            tl.store(scr_row + ((s_full - s0) // TILE) * BD * NP, h)
         tl.debug_barrier()
         # backward over the block's tiles, the partial last one first
         if s_full < s1:
-            h = tl.load(scr_row + ((s_full - s0) // 4) * BD * NP)
+            h = tl.load(scr_row + ((s_full - s0) // TILE) * BD * NP)
             lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc = _bwd_steps_tile(
                 h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, s_full, s1, dmask, nmask2, A2,
                 bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row, B_row2,
                 C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C, N, GSUB_B, GSUB_C,
-                SUM_MODE, True, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR, C_VAR)
-        n_t = (s_full - s0) // 4
+                SUM_MODE, TILE, True, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR, C_VAR)
+        n_t = (s_full - s0) // TILE
         for j in range(0, n_t):
-            t0 = s_full - 4 - 4 * j
-            h = tl.load(scr_row + ((t0 - s0) // 4) * BD * NP)
+            t0 = s_full - TILE - TILE * j
+            h = tl.load(scr_row + ((t0 - s0) // TILE) * BD * NP)
             lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc = _bwd_steps_tile(
                 h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, t0, s1, dmask, nmask2, A2,
                 bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row, B_row2,
                 C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C, N, GSUB_B, GSUB_C,
-                SUM_MODE, False, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR, C_VAR)
+                SUM_MODE, TILE, False, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR, C_VAR)
         tl.debug_barrier()  # scratch is rewritten by the next block
     tl.atomic_add(dA_ptr + d2 * N + n2, dA_acc, mask=dn2)
     if not B_VAR:

@@ -684,9 +684,9 @@ class ScanConfig:
     # warp then share a channel's states, so each thread holds fewer of them (at 8 channels the
     # backward compiles with ~no spills, at 32 with ~9 KB per thread); None: 32 * bwd_warps
     bwd_channels: Optional[int] = None
-    # the step-wise backward (selective_scan_bwd_steps_triton): 2-D tensors only, fewer registers;
-    # untimed, so off by default
-    bwd_steps: bool = False
+    # 2 or 4: the step-wise backward (selective_scan_bwd_steps_triton) with tiles of that many
+    # steps (2-D tensors only, fewer registers); 0: the kernel below. Untimed, so off by default
+    bwd_steps: int = 0
 
 
 def _sm_count(device) -> int:
@@ -703,7 +703,7 @@ def _chunk(L, ckpt, programs_per_chunk, want_programs):
 
 def plan_config(batch, dim, L, N, device, *, fwd_warps=1, fwd_warps_per_sm=24, ckpt=None,
                 bwd_warps=1, bwd_programs_per_sm=None, bwd_channels="auto",
-                bwd_steps=False) -> ScanConfig:
+                bwd_steps=0) -> ScanConfig:
     """Heuristic launch shape (measured on an H100 with Triton 3.6, see BENCHMARKS.md).
 
     Forward: one-warp programs and enough chunks for ~24 warps per SM; more chunks cost a state
@@ -800,6 +800,8 @@ def _check_config(cfg):
     ch = cfg.bwd_channels
     if ch is not None and (ch < 1 or ch > 32 * cfg.bwd_warps or ch & (ch - 1)):
         raise ValueError(f"bad ScanConfig {cfg}: bwd_channels must be a power of 2 <= 32 * bwd_warps")
+    if cfg.bwd_steps not in (0, 2, 4):
+        raise ValueError(f"bad ScanConfig {cfg}: bwd_steps must be 0, 2 or 4")
 
 
 def _forward(P, u, delta, z, initial_state, cfg, ckpt):
@@ -892,10 +894,12 @@ def _backward(P, u, delta, z, dout, ck, dlast, need_dinit, cfg):
         _bwd_combine_kernel[(triton.cdiv(dim * N, BLOCK), batch)](
             lam, lloc, sdt, P.A, dim, n_chunks, N=N, BLOCK=BLOCK, num_warps=4)
     n_dblk = triton.cdiv(dim, BD)
-    scratch = torch.empty((n_dblk * batch * n_chunks * (cfg.ckpt // 4) * BD * NP,), **f32)
-    kernel = _bwd_kernel
+    tile = cfg.bwd_steps or 4  # steps per tile; scratch holds the state entering each
+    scratch = torch.empty((n_dblk * batch * n_chunks * (cfg.ckpt // tile) * BD * NP,), **f32)
+    kernel, extra = _bwd_kernel, {}
     if cfg.bwd_steps:
         from .selective_scan_bwd_steps_triton import _bwd_steps_kernel as kernel
+        extra = dict(TILE=tile)
     kernel[(n_dblk, batch, n_chunks)](
         u, delta, zz, dout, P.A, P.Bf, P.Cf, dummy if P.D is None else P.D, bias, ck, lam, scratch,
         du, ddelta, dz if dz is not None else du, dA, dB, dC,
@@ -907,7 +911,7 @@ def _backward(P, u, delta, z, dout, ck, dlast, need_dinit, cfg):
         N=N, NP=NP, BD=BD, GSUB_B=gsub_B, GSUB_C=gsub_C, GP_B=gp_B, GP_C=gp_C, SUM_MODE=sum_mode,
         HAS_Z=z is not None,
         HAS_D=P.D is not None, HAS_BIAS=P.bias is not None, SOFTPLUS=P.softplus, B_VAR=P.B_var,
-        C_VAR=P.C_var, HAS_INIT=need_dinit, num_warps=max(1, BD // 32))
+        C_VAR=P.C_var, HAS_INIT=need_dinit, num_warps=max(1, BD // 32), **extra)
     if P.B_var:  # partial sums over channel blocks -> (batch, groups, N, L)
         dB = (dB.sum(0) if dB.shape[0] > 1 else dB[0]).transpose(-1, -2)
     if P.C_var:

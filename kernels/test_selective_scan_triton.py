@@ -175,7 +175,7 @@ def test_options(has_z, has_D, has_bias, softplus, cuda_gen):
 @pytest.mark.parametrize("itype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("cfg", [(1, 256, 32, 1, 256), (2, 1024, 64, 1, 128), (4, 64, 16, 1, 32),
                                  (1, 512, 32, 1, 128, 8), (1, 256, 16, 1, 64, 4),
-                                 (1, 512, 32, 1, 128, 8, True)])
+                                 (1, 512, 32, 1, 128, 8, 4), (1, 512, 32, 1, 128, 8, 2)])
 def test_chunked_plans(itype, cfg, cuda_gen):
     """Forward and backward split into many chunks (the long-sequence path) at a checkable length."""
     from seqmamba.kernels.selective_scan_triton import ScanConfig
@@ -226,11 +226,11 @@ INTERPRETER_CASES = [
     (1, 3, 1, 20, "float32", "varC", 1, "all", None),                   # L = 1, padded N
     (2, 24, 41, 16, "bfloat16", "var", 1, "all", (1, 16, 8, 1, 16, 8)),  # 8 channels a backward program
     # the step-wise backward: narrow and full-warp programs, groups, fixed B/C, partial tiles
-    (2, 16, 70, 16, "float32", "var", 1, "all", (1, 32, 16, 1, 32, 8, True)),
-    (1, 32, 45, 16, "float32", "var", 2, "all", (1, 64, 16, 1, 48, None, True)),
-    (2, 8, 33, 16, "float32", "fixed", 1, "none", (1, 64, 8, 1, 16, 8, True)),
-    (2, 12, 50, 8, "bfloat16", "varC", 1, "all", (1, 64, 8, 1, 24, 4, True)),
-    (2, 16, 40, 16, "float16", "var", 4, "all", (1, 64, 8, 1, 16, 8, True)),
+    (2, 16, 70, 16, "float32", "var", 1, "all", (1, 32, 16, 1, 32, 8, 4)),
+    (1, 32, 45, 16, "float32", "var", 2, "all", (1, 64, 16, 1, 48, None, 2)),
+    (2, 8, 33, 16, "float32", "fixed", 1, "none", (1, 64, 8, 1, 16, 8, 4)),
+    (2, 12, 51, 8, "bfloat16", "varC", 1, "all", (1, 64, 8, 1, 24, 4, 2)),
+    (2, 16, 41, 16, "float16", "var", 4, "all", (1, 64, 8, 1, 16, 8, 2)),
 ]
 
 
