@@ -17,7 +17,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .selective_scan_triton import LOG2E, _chan_sum, _ld_bc, _load_delta
+from .selective_scan_triton import (LOG2E, _bwd_bc_rows, _bwd_param_grads, _chan_sum,
+                                   _ld_bc, _load_delta)
 
 LN2 = tl.constexpr(0.6931471805599453)
 
@@ -198,30 +199,9 @@ def _bwd_steps_kernel(
     dz_row = dz_ptr + b * s_xb + d64 * s_xd
     n_b = tl.num_programs(1)
     d0 = pid_d * BD
-    if GSUB_B < BD:
-        B_row2 = B_ptr + b * s_Bb + tl.minimum(d2 // cpg_B, dim // cpg_B - 1) * s_Bg + n2
-    else:
-        B_row2 = B_ptr + b * s_Bb + (d0 // cpg_B) * s_Bg + n2
-    if GSUB_C < BD:
-        C_row2 = C_ptr + b * s_Cb + tl.minimum(d2 // cpg_C, dim // cpg_C - 1) * s_Cg + n2
-    else:
-        C_row2 = C_ptr + b * s_Cb + (d0 // cpg_C) * s_Cg + n2
-    gB = tl.arange(0, GP_B)[None, :]
-    gC = tl.arange(0, GP_C)[None, :]
-    # partial dB/dC (parts, batch, groups, L, N), as in _bwd_kernel
-    dB_row = dB_ptr + (((d0 % cpg_B) // BD * n_b + b) * (dim // cpg_B) + d0 // cpg_B + gB) * L * N + n2
-    dC_row = dC_ptr + (((d0 % cpg_C) // BD * n_b + b) * (dim // cpg_C) + d0 // cpg_C + gC) * L * N + n2
-    gmask_B = (gB < BD // GSUB_B) & (d0 + gB * GSUB_B < dim)
-    gmask_C = (gC < BD // GSUB_C) & (d0 + gC * GSUB_C < dim)
-    dl = tl.arange(0, BD)[:, None]
-    IND_B = tl.where(dl // GSUB_B == gB, 1.0, 0.0)
-    IND_C = tl.where(dl // GSUB_C == gC, 1.0, 0.0)
-    Bd = 0.0
-    if not B_VAR:
-        Bd = tl.load(B_ptr + d2 * N + n2, mask=dn2, other=0.0)
-    Cd = 0.0
-    if not C_VAR:
-        Cd = tl.load(C_ptr + d2 * N + n2, mask=dn2, other=0.0)
+    B_row2, C_row2, Bd, Cd, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C = _bwd_bc_rows(
+        B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, cpg_B, cpg_C, s_Bb, s_Bg,
+        s_Cb, s_Cg, N, BD, GSUB_B, GSUB_C, GP_B, GP_C, B_VAR, C_VAR)
     ck_row = ck_ptr + b * (n_ck + 1) * dim * N + d2 * N + n2
     scr_row = scr_ptr + ((pid_d * n_b + b) * n_chunks + c).to(tl.int64) * (CKPT // TILE) * BD * NP \
         + (d2 - d0) * NP + n2
@@ -274,15 +254,6 @@ def _bwd_steps_kernel(
                 C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C, N, GSUB_B, GSUB_C,
                 SUM_MODE, TILE, False, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR, C_VAR)
         tl.debug_barrier()  # scratch is rewritten by the next block
-    tl.atomic_add(dA_ptr + d2 * N + n2, dA_acc, mask=dn2)
-    if not B_VAR:
-        tl.atomic_add(dB_ptr + d2 * N + n2, dBf, mask=dn2)
-    if not C_VAR:
-        tl.atomic_add(dC_ptr + d2 * N + n2, dCf, mask=dn2)
-    if HAS_D:
-        tl.atomic_add(dD_ptr + d2, dD_acc, mask=dmask)
-    if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + d2, db_acc, mask=dmask)
-    if HAS_INIT:
-        if c == 0:
-            tl.store(dinit_ptr + (b * dim + d2) * N + n2, a_nx * lam, mask=dn2)
+    _bwd_param_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dinit_ptr, dA_acc, dBf,
+                     dCf, dD_acc, db_acc, d2, dmask, lam, a_nx, b, c, d2, n2, dn2, dim, N, False,
+                     HAS_D, HAS_BIAS, B_VAR, C_VAR, HAS_INIT)

@@ -382,6 +382,69 @@ def _ld_bc(row2, off, m2, fixed, VAR: tl.constexpr):
 
 
 @triton.jit
+def _bwd_bc_rows(B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, cpg_B, cpg_C,
+                 s_Bb, s_Bg, s_Cb, s_Cg, N: tl.constexpr, BD: tl.constexpr, GSUB_B: tl.constexpr,
+                 GSUB_C: tl.constexpr, GP_B: tl.constexpr, GP_C: tl.constexpr,
+                 B_VAR: tl.constexpr, C_VAR: tl.constexpr):
+    """A backward program's B/C single-step rows ([NP, 1], or per channel [NP, BD] when the block
+    holds several groups), time-invariant B/C ([NP, BD]), and its partial dB/dC rows: the program
+    adds its channels of groups d0 // cpg + g (g < BD // GSUB) into part (d0 % cpg) // BD of
+    (parts, batch, groups, L, N); [NP, GP] pointers at step 0, their masks, and IND [BD, GP]
+    (channel -> group within the block) for the channel sums."""
+    if GSUB_B < BD:
+        B_row2 = B_ptr + b * s_Bb + tl.minimum(d2 // cpg_B, dim // cpg_B - 1) * s_Bg + n2
+    else:
+        B_row2 = B_ptr + b * s_Bb + (d0 // cpg_B) * s_Bg + n2
+    if GSUB_C < BD:
+        C_row2 = C_ptr + b * s_Cb + tl.minimum(d2 // cpg_C, dim // cpg_C - 1) * s_Cg + n2
+    else:
+        C_row2 = C_ptr + b * s_Cb + (d0 // cpg_C) * s_Cg + n2
+    gB = tl.arange(0, GP_B)[None, :]
+    gC = tl.arange(0, GP_C)[None, :]
+    dB_row = dB_ptr + (((d0 % cpg_B) // BD * n_b + b) * (dim // cpg_B) + d0 // cpg_B + gB) * L * N + n2
+    dC_row = dC_ptr + (((d0 % cpg_C) // BD * n_b + b) * (dim // cpg_C) + d0 // cpg_C + gC) * L * N + n2
+    gmask_B = (gB < BD // GSUB_B) & (d0 + gB * GSUB_B < dim)
+    gmask_C = (gC < BD // GSUB_C) & (d0 + gC * GSUB_C < dim)
+    dl = tl.arange(0, BD)[:, None]
+    IND_B = tl.where(dl // GSUB_B == gB, 1.0, 0.0)
+    IND_C = tl.where(dl // GSUB_C == gC, 1.0, 0.0)
+    Bd = 0.0
+    if not B_VAR:
+        Bd = tl.load(B_ptr + d2 * N + n2, mask=dn2, other=0.0)
+    Cd = 0.0
+    if not C_VAR:
+        Cd = tl.load(C_ptr + d2 * N + n2, mask=dn2, other=0.0)
+    return B_row2, C_row2, Bd, Cd, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C
+
+
+@triton.jit
+def _bwd_param_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dinit_ptr, dA_acc, dBf, dCf,
+                     dD_acc, db_acc, d, dmask, lam, a_nx, b, c, d2, n2, dn2, dim, N: tl.constexpr,
+                     TILED: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr):
+    """A backward program's end: its dA, dD, d(delta_bias) and time-invariant dB/dC added in
+    (d: the channels, shaped like the dD / dbias accumulators; TILED: those are [1, BD, 4], still
+    to be summed over the tile's steps), and for the first chunk the initial state's gradient (the
+    adjoint before step 0)."""
+    tl.atomic_add(dA_ptr + d2 * N + n2, dA_acc, mask=dn2)
+    if not B_VAR:
+        tl.atomic_add(dB_ptr + d2 * N + n2, dBf, mask=dn2)
+    if not C_VAR:
+        tl.atomic_add(dC_ptr + d2 * N + n2, dCf, mask=dn2)
+    if HAS_D:
+        if TILED:
+            dD_acc = tl.sum(dD_acc, axis=2, keep_dims=True)
+        tl.atomic_add(dD_ptr + d, dD_acc, mask=dmask)
+    if HAS_BIAS:
+        if TILED:
+            db_acc = tl.sum(db_acc, axis=2, keep_dims=True)
+        tl.atomic_add(dbias_ptr + d, db_acc, mask=dmask)
+    if HAS_INIT:
+        if c == 0:
+            tl.store(dinit_ptr + (b * dim + d2) * N + n2, a_nx * lam, mask=dn2)
+
+
+@triton.jit
 def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, t0, tend, dmask, nmask2, A2, bias, Bd, Cd, Dd,
               dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row, B_row2, C_row2, dB_row, dC_row,
               gmask_B, gmask_C, IND_B, IND_C,
@@ -569,39 +632,20 @@ def _bwd_kernel(
     dz_row = dz_ptr + b * s_xb + d64 * s_xd + tt
     n_b = tl.num_programs(1)
     d0 = pid_d * BD
-    # B/C rows: [NP, 4, ...] tiles for the forward rescan, [NP, 1] (or per channel [NP, BD] when
-    # the block holds several groups) single steps for the backward tiles
+    # [NP, 1, 4] B/C tiles for the forward rescan
     if GSUB_B < BD:
         gb = tl.minimum(d // cpg_B, dim // cpg_B - 1)
-        B_row2 = B_ptr + b * s_Bb + tl.minimum(d2 // cpg_B, dim // cpg_B - 1) * s_Bg + n2
     else:
         gb = d0 // cpg_B
-        B_row2 = B_ptr + b * s_Bb + gb * s_Bg + n2
     if GSUB_C < BD:
         gc = tl.minimum(d // cpg_C, dim // cpg_C - 1)
-        C_row2 = C_ptr + b * s_Cb + tl.minimum(d2 // cpg_C, dim // cpg_C - 1) * s_Cg + n2
     else:
         gc = d0 // cpg_C
-        C_row2 = C_ptr + b * s_Cb + gc * s_Cg + n2
     B_row = B_ptr + b * s_Bb + gb * s_Bg + tt * N + n
     C_row = C_ptr + b * s_Cb + gc * s_Cg + tt * N + n
-    # partial dB/dC (parts, batch, groups, L, N): this program adds its channels of groups
-    # d0 // cpg + g (g < BD // GSUB) into part (d0 % cpg) // BD; [NP, GP] pointers at step 0
-    gB = tl.arange(0, GP_B)[None, :]
-    gC = tl.arange(0, GP_C)[None, :]
-    dB_row = dB_ptr + (((d0 % cpg_B) // BD * n_b + b) * (dim // cpg_B) + d0 // cpg_B + gB) * L * N + n2
-    dC_row = dC_ptr + (((d0 % cpg_C) // BD * n_b + b) * (dim // cpg_C) + d0 // cpg_C + gC) * L * N + n2
-    gmask_B = (gB < BD // GSUB_B) & (d0 + gB * GSUB_B < dim)
-    gmask_C = (gC < BD // GSUB_C) & (d0 + gC * GSUB_C < dim)
-    dl = tl.arange(0, BD)[:, None]
-    IND_B = tl.where(dl // GSUB_B == gB, 1.0, 0.0)  # [BD, GP]: channel -> group within the block
-    IND_C = tl.where(dl // GSUB_C == gC, 1.0, 0.0)
-    Bd = 0.0
-    if not B_VAR:
-        Bd = tl.load(B_ptr + d2 * N + n2, mask=dn2, other=0.0)
-    Cd = 0.0
-    if not C_VAR:
-        Cd = tl.load(C_ptr + d2 * N + n2, mask=dn2, other=0.0)
+    B_row2, C_row2, Bd, Cd, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C = _bwd_bc_rows(
+        B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, cpg_B, cpg_C, s_Bb, s_Bg,
+        s_Cb, s_Cg, N, BD, GSUB_B, GSUB_C, GP_B, GP_C, B_VAR, C_VAR)
     ck_row = ck_ptr + b * (n_ck + 1) * dim * N + d2 * N + n2  # + k * dim * N
     # this program's scratch: the states entering the CKPT / 4 tiles of a block, [BD, NP] each
     scr_row = scr_ptr + ((pid_d * n_b + b) * n_chunks + c).to(tl.int64) * (CKPT // 4) * BD * NP \
@@ -655,18 +699,9 @@ def _bwd_kernel(
             dD_acc += pd
             db_acc += pb
         tl.debug_barrier()  # scratch is rewritten by the next block
-    tl.atomic_add(dA_ptr + d2 * N + n2, dA_acc, mask=dn2)
-    if not B_VAR:
-        tl.atomic_add(dB_ptr + d2 * N + n2, dBf, mask=dn2)
-    if not C_VAR:
-        tl.atomic_add(dC_ptr + d2 * N + n2, dCf, mask=dn2)
-    if HAS_D:
-        tl.atomic_add(dD_ptr + d, tl.sum(dD_acc, axis=2, keep_dims=True), mask=dmask)
-    if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + d, tl.sum(db_acc, axis=2, keep_dims=True), mask=dmask)
-    if HAS_INIT:
-        if c == 0:
-            tl.store(dinit_ptr + (b * dim + d2) * N + n2, a_nx * lam, mask=dn2)
+    _bwd_param_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dinit_ptr, dA_acc, dBf, dCf,
+                     dD_acc, db_acc, d, dmask, lam, a_nx, b, c, d2, n2, dn2, dim, N, True, HAS_D,
+                     HAS_BIAS, B_VAR, C_VAR, HAS_INIT)
 
 
 # ----------------------------------------------------------------------------------------------
