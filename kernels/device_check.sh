@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark of the kernels in one run, for a CUDA machine that has torch,
-# triton and lightning but not seqmamba installed (and possibly no network):
-#   bash kernels/device_check.sh [OUTDIR]
+# Every GPU check and benchmark of the kernels, for a CUDA machine that has torch, triton and
+# lightning but not seqmamba installed (and possibly no network):
+#   bash kernels/device_check.sh [OUTDIR] [STAGE]
+# STAGE: all (default), bench (scan sweep, generation, end-to-end: ~5.5 min on an H100), tests
+# (every `gpu` test: ~10+ min), scan-tests or other-tests (the two halves of `tests`), so that
+# each fits a machine lent for 10 minutes a command.
 # Wheels for packages the machine lacks (pyfaidx, biopython, soundfile, cffi, pycparser, omegaconf)
 # may be placed in .whl/ beside the repository root; they are installed into a private folder.
 # Logs go to OUTDIR (default ./device-logs); the last lines printed are the summary tables.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-device-logs}
+stage=${2:-all}
+case $stage in all|bench|tests|scan-tests|other-tests) ;;
+  *) echo "device_check.sh: unknown stage '$stage' (all, bench, tests, scan-tests, other-tests)" >&2
+     exit 2 ;;
+esac
 mkdir -p "$out"
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/seqmamba-site .whl/*.whl
@@ -27,8 +35,17 @@ pkg, root = map(pathlib.Path, sys.argv[1:])
 PY
 export PYTHONPATH=$pkg:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 python3 -c "import seqmamba.kernels as k; print('kernels from', k.__file__, k.describe())" || exit 1
-python3 -m pytest -q -m gpu -p no:cacheprovider kernels tests 2>&1 | tee "$out/gpu_tests.log" | tail -5
-python3 -m seqmamba.kernels.bench_selective_scan 2>&1 | tee "$out/bench_scan.log" | tail -12
-python3 -m seqmamba.kernels.bench_generation 2>&1 | tee "$out/bench_generation.log" | tail -10
-python3 -m seqmamba.kernels.bench_generation --unet 2>&1 | tee "$out/bench_unet.log" | tail -12
-python3 -m seqmamba.kernels.bench_end_to_end 2>&1 | tee "$out/bench_end_to_end.log" | tail -6
+gpu_tests() { python3 -m pytest -q -m gpu -p no:cacheprovider --durations=10 "$@" 2>&1; }
+case $stage in all|tests|scan-tests)
+  gpu_tests kernels/test_selective_scan_triton.py | tee "$out/gpu_tests_scan.log" | tail -14 ;;
+esac
+case $stage in all|tests|other-tests)
+  gpu_tests kernels tests --ignore=kernels/test_selective_scan_triton.py \
+    | tee "$out/gpu_tests_other.log" | tail -14 ;;
+esac
+case $stage in all|bench)
+  python3 -m seqmamba.kernels.bench_selective_scan --sweep 2>&1 | tee "$out/bench_scan.log" | tail -60
+  python3 -m seqmamba.kernels.bench_generation 2>&1 | tee "$out/bench_generation.log" | tail -22
+  python3 -m seqmamba.kernels.bench_generation --unet 2>&1 | tee "$out/bench_unet.log" | tail -32
+  python3 -m seqmamba.kernels.bench_end_to_end 2>&1 | tee "$out/bench_end_to_end.log" | tail -6 ;;
+esac
