@@ -41,6 +41,7 @@ LOG2E = tl.constexpr(1.4426950408889634)
 # approximate-math inline PTX on the GPU; the interpreter (TRITON_INTERPRET=1) runs plain Triton ops
 FAST_MATH = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 _MAX_N = 64  # states per channel held in registers; larger N goes to the chunked PyTorch path
+_PARTIALS_MAX_BYTES = 1 << 32  # see plan_config
 
 
 # ----------------------------------------------------------------------------------------------
@@ -745,7 +746,8 @@ def plan_config(batch, dim, L, N, device, *, fwd_warps=1, fwd_warps_per_sm=24, c
     pass, fewer leave the exp units idle. Backward: one-warp programs of 8 channels (4 lanes
     share a channel) and ~24 programs per SM, or of 4 channels at ~16 per SM when batch * dim
     alone gives >= 2048 such programs (the LM shape); 15-28% faster than one channel per thread
-    (``bwd_channels=None``, best at ~3 programs per SM) on every benchmark shape.
+    (``bwd_channels=None``, best at ~3 programs per SM) on every benchmark shape. Narrow programs
+    need more dB/dC partial sums; past 4 GiB of them the plan goes back to 32 channels.
     """
     sms = _sm_count(device)
     ckpt = ckpt or (64 if L >= 65536 else 32)
@@ -753,6 +755,10 @@ def plan_config(batch, dim, L, N, device, *, fwd_warps=1, fwd_warps_per_sm=24, c
                        fwd_warps_per_sm * sms // fwd_warps)
     if bwd_channels == "auto":
         bwd_channels = 4 if batch * dim >= 8192 else 8
+        # variable dB/dC are summed through a (dim / channels, batch, L, N) fp32 buffer each: past
+        # 4 GiB (e.g. dim 1024 at L = 2^20) the narrow programs would cost more memory than speed
+        if dim // bwd_channels * batch * L * N * 4 > _PARTIALS_MAX_BYTES:
+            bwd_channels = None
     if bwd_programs_per_sm is None:
         bwd_programs_per_sm = {4: 16, 8: 24}.get(bwd_channels, 3)
     bwd_chunk = _chunk(L, ckpt, batch * triton.cdiv(dim, bwd_channels or 32 * bwd_warps),

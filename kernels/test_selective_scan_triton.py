@@ -198,6 +198,18 @@ def test_without_grad_matches_training_forward(cuda_gen):
     assert torch.equal(out, out2) and torch.equal(last, last2)
 
 
+def test_plan_picks_backward_width():
+    """8 channels a backward program, 4 when batch x dim is large, one warp's 32 when the dB/dC
+    partial sums would pass 4 GiB (the plan does not depend on the device beyond its SM count)."""
+    from seqmamba.kernels.selective_scan_triton import plan_config
+    cpu = torch.device("cpu")
+    assert plan_config(16, 256, 4096, 16, cpu).bwd_channels == 8
+    assert plan_config(8, 1536, 2048, 16, cpu).bwd_channels == 4
+    assert plan_config(1, 512, 1 << 20, 16, cpu).bwd_channels == 8      # 4 GiB of partials: kept
+    assert plan_config(1, 1024, 1 << 20, 16, cpu).bwd_channels is None  # 8 GiB: one warp's 32
+    assert plan_config(1, 1024, 1 << 20, 16, cpu, bwd_channels=8).bwd_channels == 8
+
+
 def test_rejects_bad_shapes():
     from seqmamba.kernels.selective_scan_triton import selective_scan_triton
     u = torch.zeros(2, 6, 10)
