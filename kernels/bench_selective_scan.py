@@ -170,6 +170,9 @@ def main(argv=None):
                               ("steps2 8 ch 32/SM", dict(bwd_channels=8, bwd_steps=2,
                                                          bwd_programs_per_sm=32)),
                               ("steps2 4 ch 16/SM", dict(bwd_channels=4, bwd_steps=2)),
+                              ("atomic dB/dC, default plan", dict(bwd_bc_atomic=True)),
+                              ("atomic dB/dC, steps2 8 ch", dict(bwd_channels=8, bwd_steps=2,
+                                                                 bwd_bc_atomic=True)),
                               ("fwd 12 warps/SM", dict(fwd_warps_per_sm=12))):
                 plans.append((label, plan_config(batch, dim, L, N_STATE, dev, **kw)))
         for label, cfg in plans:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .selective_scan_triton import (LOG2E, _bwd_bc_rows, _bwd_param_grads, _chan_sum,
-                                   _ld_bc, _load_delta)
+from .selective_scan_triton import (LOG2E, _bwd_bc_rows, _bwd_param_grads, _ld_bc, _load_delta,
+                                   _put_chan_sum)
 
 LN2 = tl.constexpr(0.6931471805599453)
 
@@ -58,7 +58,7 @@ def _in_step(h, t, m, mn, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_
         dy = gg
     zc = h * dy
     if C_VAR:
-        tl.store(dC_row + t * N, _chan_sum(zc, IND_C, GSUB_C, SUM_MODE), mask=mn & gmask_C)
+        _put_chan_sum(dC_row + t * N, zc, IND_C, GSUB_C, SUM_MODE, mn & gmask_C)
     else:
         dCf += zc
     return h, a, ha, dt, x, uu, dy, dCf
@@ -74,7 +74,7 @@ def _out_step(lam, a_nx, a, ha, dt, x, uu, dy, dA_acc, dBf, t, m, mn, A2, Bd, Cd
     lam = _ld_bc(C_row2, t * N, mn, Cd, C_VAR) * dy + a_nx * lam
     zb = lam * (dt * uu)
     if B_VAR:
-        tl.store(dB_row + t * N, _chan_sum(zb, IND_B, GSUB_B, SUM_MODE), mask=mn & gmask_B)
+        _put_chan_sum(dB_row + t * N, zb, IND_B, GSUB_B, SUM_MODE, mn & gmask_B)
     else:
         dBf += zb
     w = lam * ha
@@ -201,7 +201,7 @@ def _bwd_steps_kernel(
     d0 = pid_d * BD
     B_row2, C_row2, Bd, Cd, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C = _bwd_bc_rows(
         B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, cpg_B, cpg_C, s_Bb, s_Bg,
-        s_Cb, s_Cg, N, BD, GSUB_B, GSUB_C, GP_B, GP_C, B_VAR, C_VAR)
+        s_Cb, s_Cg, N, BD, GSUB_B, GSUB_C, GP_B, GP_C, SUM_MODE, B_VAR, C_VAR)
     ck_row = ck_ptr + b * (n_ck + 1) * dim * N + d2 * N + n2
     scr_row = scr_ptr + ((pid_d * n_b + b) * n_chunks + c).to(tl.int64) * (CKPT // TILE) * BD * NP \
         + (d2 - d0) * NP + n2

@@ -276,6 +276,16 @@ def _chan_sum(z, IND, GSUB: tl.constexpr, MODE: tl.constexpr):
 
 
 @triton.jit
+def _put_chan_sum(ptr, z, IND, GSUB: tl.constexpr, MODE: tl.constexpr, mask):
+    """Store z's channel-group sums (see _chan_sum, MODE & 3) at ptr; MODE & 4: add them
+    atomically instead (every program adds into one buffer rather than its own partial)."""
+    if MODE & 4:
+        tl.atomic_add(ptr, _chan_sum(z, IND, GSUB, MODE & 3), mask=mask, sem="relaxed")
+    else:
+        tl.store(ptr, _chan_sum(z, IND, GSUB, MODE), mask=mask)
+
+
+@triton.jit
 def _bwd_state_kernel(
     dt_ptr, z_ptr, g_ptr, A_ptr, C_ptr, bias_ptr, lloc_ptr, sdt_ptr,
     s_tb, s_td, s_zb, s_zd, s_gb, s_gd, s_Cb, s_Cg,
@@ -386,12 +396,13 @@ def _ld_bc(row2, off, m2, fixed, VAR: tl.constexpr):
 def _bwd_bc_rows(B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, cpg_B, cpg_C,
                  s_Bb, s_Bg, s_Cb, s_Cg, N: tl.constexpr, BD: tl.constexpr, GSUB_B: tl.constexpr,
                  GSUB_C: tl.constexpr, GP_B: tl.constexpr, GP_C: tl.constexpr,
-                 B_VAR: tl.constexpr, C_VAR: tl.constexpr):
+                 SUM_MODE: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
     """A backward program's B/C single-step rows ([NP, 1], or per channel [NP, BD] when the block
     holds several groups), time-invariant B/C ([NP, BD]), and its partial dB/dC rows: the program
     adds its channels of groups d0 // cpg + g (g < BD // GSUB) into part (d0 % cpg) // BD of
-    (parts, batch, groups, L, N); [NP, GP] pointers at step 0, their masks, and IND [BD, GP]
-    (channel -> group within the block) for the channel sums."""
+    (parts, batch, groups, L, N) (one part when SUM_MODE & 4: atomic sums); [NP, GP] pointers at
+    step 0, their masks, and IND [BD, GP] (channel -> group within the block) for the channel
+    sums."""
     if GSUB_B < BD:
         B_row2 = B_ptr + b * s_Bb + tl.minimum(d2 // cpg_B, dim // cpg_B - 1) * s_Bg + n2
     else:
@@ -402,8 +413,12 @@ def _bwd_bc_rows(B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, 
         C_row2 = C_ptr + b * s_Cb + (d0 // cpg_C) * s_Cg + n2
     gB = tl.arange(0, GP_B)[None, :]
     gC = tl.arange(0, GP_C)[None, :]
-    dB_row = dB_ptr + (((d0 % cpg_B) // BD * n_b + b) * (dim // cpg_B) + d0 // cpg_B + gB) * L * N + n2
-    dC_row = dC_ptr + (((d0 % cpg_C) // BD * n_b + b) * (dim // cpg_C) + d0 // cpg_C + gC) * L * N + n2
+    if SUM_MODE & 4:
+        dB_row = dB_ptr + (b * (dim // cpg_B) + d0 // cpg_B + gB) * L * N + n2
+        dC_row = dC_ptr + (b * (dim // cpg_C) + d0 // cpg_C + gC) * L * N + n2
+    else:
+        dB_row = dB_ptr + (((d0 % cpg_B) // BD * n_b + b) * (dim // cpg_B) + d0 // cpg_B + gB) * L * N + n2
+        dC_row = dC_ptr + (((d0 % cpg_C) // BD * n_b + b) * (dim // cpg_C) + d0 // cpg_C + gC) * L * N + n2
     gmask_B = (gB < BD // GSUB_B) & (d0 + gB * GSUB_B < dim)
     gmask_C = (gC < BD // GSUB_C) & (d0 + gC * GSUB_C < dim)
     dl = tl.arange(0, BD)[:, None]
@@ -492,7 +507,7 @@ def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, t0, tend, dmask, nmask2, A2, bias,
     s0 = tl.sum(h * c, axis=0, keep_dims=True)
     zc = h * y0
     if C_VAR:
-        tl.store(dC_row + k0, _chan_sum(zc, IND_C, GSUB_C, SUM_MODE), mask=m0 & gmask_C)
+        _put_chan_sum(dC_row + k0, zc, IND_C, GSUB_C, SUM_MODE, m0 & gmask_C)
     else:
         dCf += zc
     a1 = tl.exp2(A2 * d1)
@@ -502,7 +517,7 @@ def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, t0, tend, dmask, nmask2, A2, bias,
     s1 = tl.sum(h * c, axis=0, keep_dims=True)
     zc = h * y1
     if C_VAR:
-        tl.store(dC_row + k1, _chan_sum(zc, IND_C, GSUB_C, SUM_MODE), mask=m1 & gmask_C)
+        _put_chan_sum(dC_row + k1, zc, IND_C, GSUB_C, SUM_MODE, m1 & gmask_C)
     else:
         dCf += zc
     a2 = tl.exp2(A2 * d2)
@@ -512,7 +527,7 @@ def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, t0, tend, dmask, nmask2, A2, bias,
     s2 = tl.sum(h * c, axis=0, keep_dims=True)
     zc = h * y2
     if C_VAR:
-        tl.store(dC_row + k2, _chan_sum(zc, IND_C, GSUB_C, SUM_MODE), mask=m2 & gmask_C)
+        _put_chan_sum(dC_row + k2, zc, IND_C, GSUB_C, SUM_MODE, m2 & gmask_C)
     else:
         dCf += zc
     a3 = tl.exp2(A2 * d3)
@@ -522,7 +537,7 @@ def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, t0, tend, dmask, nmask2, A2, bias,
     s3 = tl.sum(h * c, axis=0, keep_dims=True)
     zc = h * y3
     if C_VAR:
-        tl.store(dC_row + k3, _chan_sum(zc, IND_C, GSUB_C, SUM_MODE), mask=m3 & gmask_C)
+        _put_chan_sum(dC_row + k3, zc, IND_C, GSUB_C, SUM_MODE, m3 & gmask_C)
     else:
         dCf += zc
     if HAS_Z:
@@ -534,7 +549,7 @@ def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, t0, tend, dmask, nmask2, A2, bias,
     lam = _ld_bc(C_row2, k3, m3, Cd, C_VAR) * y3 + a_nx * lam
     zb = lam * e3
     if B_VAR:
-        tl.store(dB_row + k3, _chan_sum(zb, IND_B, GSUB_B, SUM_MODE), mask=m3 & gmask_B)
+        _put_chan_sum(dB_row + k3, zb, IND_B, GSUB_B, SUM_MODE, m3 & gmask_B)
     else:
         dBf += zb
     w = lam * ha3
@@ -544,7 +559,7 @@ def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, t0, tend, dmask, nmask2, A2, bias,
     lam = _ld_bc(C_row2, k2, m2, Cd, C_VAR) * y2 + a3 * lam
     zb = lam * e2
     if B_VAR:
-        tl.store(dB_row + k2, _chan_sum(zb, IND_B, GSUB_B, SUM_MODE), mask=m2 & gmask_B)
+        _put_chan_sum(dB_row + k2, zb, IND_B, GSUB_B, SUM_MODE, m2 & gmask_B)
     else:
         dBf += zb
     w = lam * ha2
@@ -554,7 +569,7 @@ def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, t0, tend, dmask, nmask2, A2, bias,
     lam = _ld_bc(C_row2, k1, m1, Cd, C_VAR) * y1 + a2 * lam
     zb = lam * e1
     if B_VAR:
-        tl.store(dB_row + k1, _chan_sum(zb, IND_B, GSUB_B, SUM_MODE), mask=m1 & gmask_B)
+        _put_chan_sum(dB_row + k1, zb, IND_B, GSUB_B, SUM_MODE, m1 & gmask_B)
     else:
         dBf += zb
     w = lam * ha1
@@ -564,7 +579,7 @@ def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, t0, tend, dmask, nmask2, A2, bias,
     lam = _ld_bc(C_row2, k0, m0, Cd, C_VAR) * y0 + a1 * lam
     zb = lam * e0
     if B_VAR:
-        tl.store(dB_row + k0, _chan_sum(zb, IND_B, GSUB_B, SUM_MODE), mask=m0 & gmask_B)
+        _put_chan_sum(dB_row + k0, zb, IND_B, GSUB_B, SUM_MODE, m0 & gmask_B)
     else:
         dBf += zb
     w = lam * ha0
@@ -646,7 +661,7 @@ def _bwd_kernel(
     C_row = C_ptr + b * s_Cb + gc * s_Cg + tt * N + n
     B_row2, C_row2, Bd, Cd, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C = _bwd_bc_rows(
         B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, cpg_B, cpg_C, s_Bb, s_Bg,
-        s_Cb, s_Cg, N, BD, GSUB_B, GSUB_C, GP_B, GP_C, B_VAR, C_VAR)
+        s_Cb, s_Cg, N, BD, GSUB_B, GSUB_C, GP_B, GP_C, SUM_MODE, B_VAR, C_VAR)
     ck_row = ck_ptr + b * (n_ck + 1) * dim * N + d2 * N + n2  # + k * dim * N
     # this program's scratch: the states entering the CKPT / 4 tiles of a block, [BD, NP] each
     scr_row = scr_ptr + ((pid_d * n_b + b) * n_chunks + c).to(tl.int64) * (CKPT // 4) * BD * NP \
@@ -723,6 +738,9 @@ class ScanConfig:
     # 2 or 4: the step-wise backward (selective_scan_bwd_steps_triton) with tiles of that many
     # steps (2-D tensors only, fewer registers); 0: the kernel below. Untimed, so off by default
     bwd_steps: int = 0
+    # variable dB/dC summed over channel blocks with atomic adds into one buffer instead of one
+    # partial sum per block (dim / channels of them); untimed, so off by default
+    bwd_bc_atomic: bool = False
 
 
 def _sm_count(device) -> int:
@@ -739,7 +757,7 @@ def _chunk(L, ckpt, programs_per_chunk, want_programs):
 
 def plan_config(batch, dim, L, N, device, *, fwd_warps=1, fwd_warps_per_sm=24, ckpt=None,
                 bwd_warps=1, bwd_programs_per_sm=None, bwd_channels="auto",
-                bwd_steps=0) -> ScanConfig:
+                bwd_steps=0, bwd_bc_atomic=False) -> ScanConfig:
     """Heuristic launch shape (measured on an H100 with Triton 3.6, see BENCHMARKS.md).
 
     Forward: one-warp programs and enough chunks for ~24 warps per SM; more chunks cost a state
@@ -763,7 +781,8 @@ def plan_config(batch, dim, L, N, device, *, fwd_warps=1, fwd_warps_per_sm=24, c
         bwd_programs_per_sm = {4: 16, 8: 24}.get(bwd_channels, 3)
     bwd_chunk = _chunk(L, ckpt, batch * triton.cdiv(dim, bwd_channels or 32 * bwd_warps),
                        bwd_programs_per_sm * sms)
-    return ScanConfig(fwd_warps, fwd_chunk, ckpt, bwd_warps, bwd_chunk, bwd_channels, bwd_steps)
+    return ScanConfig(fwd_warps, fwd_chunk, ckpt, bwd_warps, bwd_chunk, bwd_channels, bwd_steps,
+                      bwd_bc_atomic)
 
 
 def _rows(x):
@@ -906,10 +925,15 @@ def _backward(P, u, delta, z, dout, ck, dlast, need_dinit, cfg):
     sum_mode = 0 if (NP < 16 or BD < 16) else (2 if wide else 1)
     gp_B = BD // gsub_B if sum_mode == 0 else max(16, BD // gsub_B)
     gp_C = BD // gsub_C if sum_mode == 0 else max(16, BD // gsub_C)
-    dB = (torch.empty((max(P.cpg_B // BD, 1), batch, P.gB, L, N), **f32) if P.B_var
-          else torch.zeros((dim, N), **f32))
-    dC = (torch.empty((max(P.cpg_C // BD, 1), batch, P.gC, L, N), **f32) if P.C_var
-          else torch.zeros((dim, N), **f32))
+    # variable dB/dC: one partial sum per channel block, summed below, or with bwd_bc_atomic one
+    # buffer every program adds into (less memory and traffic, run-to-run rounding differences)
+    if cfg.bwd_bc_atomic:
+        sum_mode |= 4
+    parts_B = 1 if cfg.bwd_bc_atomic else max(P.cpg_B // BD, 1)
+    parts_C = 1 if cfg.bwd_bc_atomic else max(P.cpg_C // BD, 1)
+    new = torch.zeros if cfg.bwd_bc_atomic else torch.empty
+    dB = new((parts_B, batch, P.gB, L, N), **f32) if P.B_var else torch.zeros((dim, N), **f32)
+    dC = new((parts_C, batch, P.gC, L, N), **f32) if P.C_var else torch.zeros((dim, N), **f32)
     n_ck = triton.cdiv(L, cfg.ckpt)
     n_chunks = triton.cdiv(L, cfg.bwd_chunk)
     lam = torch.empty((batch, n_chunks, dim, N), **f32)

@@ -175,7 +175,8 @@ def test_options(has_z, has_D, has_bias, softplus, cuda_gen):
 @pytest.mark.parametrize("itype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("cfg", [(1, 256, 32, 1, 256), (2, 1024, 64, 1, 128), (4, 64, 16, 1, 32),
                                  (1, 512, 32, 1, 128, 8), (1, 256, 16, 1, 64, 4),
-                                 (1, 512, 32, 1, 128, 8, 4), (1, 512, 32, 1, 128, 8, 2)])
+                                 (1, 512, 32, 1, 128, 8, 4), (1, 512, 32, 1, 128, 8, 2),
+                                 (1, 512, 32, 1, 128, 8, 0, True), (1, 512, 32, 1, 128, 4, 2, True)])
 def test_chunked_plans(itype, cfg, cuda_gen):
     """Forward and backward split into many chunks (the long-sequence path) at a checkable length."""
     from seqmamba.kernels.selective_scan_triton import ScanConfig
@@ -243,6 +244,9 @@ INTERPRETER_CASES = [
     (2, 8, 33, 16, "float32", "fixed", 1, "none", (1, 64, 8, 1, 16, 8, 4)),
     (2, 12, 51, 8, "bfloat16", "varC", 1, "all", (1, 64, 8, 1, 24, 4, 2)),
     (2, 16, 41, 16, "float16", "var", 4, "all", (1, 64, 8, 1, 16, 8, 2)),
+    # dB/dC channel-block sums by atomic adds (several blocks, groups; both backward kernels)
+    (1, 40, 29, 16, "float32", "var", 1, "all", (2, 12, 4, 1, 8, None, 0, True)),
+    (2, 32, 43, 16, "float32", "var", 2, "all", (1, 64, 8, 1, 16, 8, 2, True)),
 ]
 
 
