@@ -2,6 +2,7 @@
 Triton path against the pure-PyTorch path on the same weights.
 
     python -m seqmamba.kernels.bench_end_to_end            (CUDA only; prints one table)
+    python -m seqmamba.kernels.bench_end_to_end --profile  (where a training step's time goes)
 
 Rows:
   train  3.5M LM (d_model 256, 8 layers), bf16 autocast, AdamW step: tokens/s at the anchor shapes
@@ -25,7 +26,8 @@ def make_lm(d_model, n_layer, vocab, device):
     return build_model(cfg).to(device)
 
 
-def time_train_steps(model, batch, seqlen, vocab, steps=8, warmup=3):
+def train_step_fn(model, batch, seqlen, vocab):
+    """One AdamW training step on random tokens, bf16 autocast; returns the loss."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
     ids = torch.randint(0, vocab, (batch, seqlen + 1), device="cuda")
     inp, tgt = ids[:, :-1], ids[:, 1:]
@@ -38,7 +40,11 @@ def time_train_steps(model, batch, seqlen, vocab, steps=8, warmup=3):
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
+    return one
 
+
+def time_train_steps(model, batch, seqlen, vocab, steps=8, warmup=3):
+    one = train_step_fn(model, batch, seqlen, vocab)
     for _ in range(warmup):
         one()
     torch.cuda.synchronize()
@@ -73,14 +79,37 @@ def parity(device):
     return rel(out["triton"][0], out["torch"][0]), rel(out["triton"][1], out["torch"][1])
 
 
+def profile_train_step(batch=16, seqlen=4096, vocab=16, top=30):
+    """Where a 3.5M-LM training step's GPU time goes: torch.profiler over 3 steps after warm-up,
+    kernels sorted by total device time (Triton kernels appear under their own names)."""
+    from torch.profiler import ProfilerActivity, profile
+    model = make_lm(256, 8, vocab, torch.device("cuda"))
+    one = train_step_fn(model, batch, seqlen, vocab)
+    for _ in range(3):
+        one()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            one()
+        torch.cuda.synchronize()
+    print(f"3.5M LM, {batch}x{seqlen} vocab {vocab}, 3 training steps (device time):")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=top,
+                                    max_name_column_width=70))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-long", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="only print where the DNA-shape training step spends its GPU time")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_end_to_end needs a CUDA GPU")
     dev = torch.device("cuda")
     print(f"device: {torch.cuda.get_device_name(0)}  torch {torch.__version__}")
+    if args.profile:
+        profile_train_step()
+        return
     rows = []
     lg, gr = parity(dev)
     rows.append(("parity triton vs torch (bf16, 4L d256, 2x2048)", f"logits rel {lg:.2e}", f"grads rel {gr:.2e}", ""))

@@ -47,5 +47,6 @@ case $stage in all|bench)
   python3 -m seqmamba.kernels.bench_selective_scan --sweep 2>&1 | tee "$out/bench_scan.log" | tail -60
   python3 -m seqmamba.kernels.bench_generation 2>&1 | tee "$out/bench_generation.log" | tail -22
   python3 -m seqmamba.kernels.bench_generation --unet 2>&1 | tee "$out/bench_unet.log" | tail -32
-  python3 -m seqmamba.kernels.bench_end_to_end 2>&1 | tee "$out/bench_end_to_end.log" | tail -6 ;;
+  python3 -m seqmamba.kernels.bench_end_to_end 2>&1 | tee "$out/bench_end_to_end.log" | tail -6
+  python3 -m seqmamba.kernels.bench_end_to_end --profile 2>&1 | tee "$out/profile_train.log" | tail -36 ;;
 esac
