@@ -2,7 +2,7 @@
 # Every GPU check and benchmark of the kernels, for a CUDA machine that has torch, triton and
 # lightning but not seqmamba installed (and possibly no network):
 #   bash kernels/device_check.sh [OUTDIR] [STAGE]
-# STAGE: all (default), bench (scan sweep, generation, end-to-end: ~5.5 min on an H100), tests
+# STAGE: all (default), bench (scan sweep, generation, end-to-end, profile: ~8 min on an H100), tests
 # (every `gpu` test: ~10+ min), scan-tests or other-tests (the two halves of `tests`), so that
 # each fits a machine lent for 10 minutes a command.
 # Wheels for packages the machine lacks (pyfaidx, biopython, soundfile, cffi, pycparser, omegaconf)
