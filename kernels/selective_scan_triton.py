@@ -775,7 +775,7 @@ def plan_config(batch, dim, L, N, device, *, fwd_warps=1, fwd_warps_per_sm=24, c
         bwd_channels = 4 if batch * dim >= 8192 else 8
         # variable dB/dC are summed through a (dim / channels, batch, L, N) fp32 buffer each: past
         # 4 GiB (e.g. dim 1024 at L = 2^20) the narrow programs would cost more memory than speed
-        if dim // bwd_channels * batch * L * N * 4 > _PARTIALS_MAX_BYTES:
+        if not bwd_bc_atomic and dim // bwd_channels * batch * L * N * 4 > _PARTIALS_MAX_BYTES:
             bwd_channels = None
     if bwd_programs_per_sm is None:
         bwd_programs_per_sm = {4: 16, 8: 24}.get(bwd_channels, 3)
@@ -858,7 +858,8 @@ def _check_config(cfg):
     if cfg.ckpt % 4 or cfg.fwd_chunk % cfg.ckpt or cfg.bwd_chunk % cfg.ckpt:
         raise ValueError(f"bad ScanConfig {cfg}: ckpt must be a multiple of 4 and divide the chunks")
     ch = cfg.bwd_channels
-    if ch is not None and (ch < 1 or ch > 32 * cfg.bwd_warps or ch & (ch - 1)):
+    if ch is not None and (not isinstance(ch, int) or ch < 1 or ch > 32 * cfg.bwd_warps
+                           or ch & (ch - 1)):
         raise ValueError(f"bad ScanConfig {cfg}: bwd_channels must be a power of 2 <= 32 * bwd_warps")
     if cfg.bwd_steps not in (0, 2, 4):
         raise ValueError(f"bad ScanConfig {cfg}: bwd_steps must be 0, 2 or 4")

@@ -209,6 +209,7 @@ def test_plan_picks_backward_width():
     assert plan_config(1, 512, 1 << 20, 16, cpu).bwd_channels == 8      # 4 GiB of partials: kept
     assert plan_config(1, 1024, 1 << 20, 16, cpu).bwd_channels is None  # 8 GiB: one warp's 32
     assert plan_config(1, 1024, 1 << 20, 16, cpu, bwd_channels=8).bwd_channels == 8
+    assert plan_config(1, 1024, 1 << 20, 16, cpu, bwd_bc_atomic=True).bwd_channels == 8  # no partials
 
 
 def test_rejects_bad_shapes():
@@ -220,7 +221,7 @@ def test_rejects_bad_shapes():
     with pytest.raises(ValueError, match="B must be"):
         selective_scan_triton(u, u, A, torch.zeros(2, 3, 10), torch.zeros(2, 4, 10))
     from seqmamba.kernels.selective_scan_triton import ScanConfig
-    for channels in (3, 64):  # not a power of 2; more than the program's warps hold
+    for channels in (3, 64, "auto"):  # not a power of 2; more than the warps hold; not resolved
         with pytest.raises(ValueError, match="bwd_channels"):
             selective_scan_triton(u, u, A, torch.zeros(2, 4, 10), torch.zeros(2, 4, 10),
                                   config=ScanConfig(1, 16, 8, 1, 16, channels))
