@@ -762,8 +762,9 @@ def plan_config(batch, dim, L, N, device, *, fwd_warps=1, fwd_warps_per_sm=24, c
 
     Forward: one-warp programs and enough chunks for ~24 warps per SM; more chunks cost a state
     pass, fewer leave the exp units idle. Backward: one-warp programs of 8 channels (4 lanes
-    share a channel) and ~24 programs per SM, or of 4 channels at ~16 per SM when batch * dim
-    alone gives >= 2048 such programs (the LM shape); 15-28% faster than one channel per thread
+    share a channel) and ~24 programs per SM, or of 4 channels at ~16 per SM from batch * dim >=
+    12288 (the LM shape, where 4 beat 8 by 7%; at 4096 rows 8 beat 4 by 39%; between, untimed,
+    8 is kept); 15-28% faster than one channel per thread
     (``bwd_channels=None``, best at ~3 programs per SM) on every benchmark shape. Narrow programs
     need more dB/dC partial sums; past 4 GiB of them the plan goes back to 32 channels.
     """
@@ -772,7 +773,7 @@ def plan_config(batch, dim, L, N, device, *, fwd_warps=1, fwd_warps_per_sm=24, c
     fwd_chunk = _chunk(L, ckpt, batch * triton.cdiv(dim, 32 * fwd_warps),
                        fwd_warps_per_sm * sms // fwd_warps)
     if bwd_channels == "auto":
-        bwd_channels = 4 if batch * dim >= 8192 else 8
+        bwd_channels = 4 if batch * dim >= 12288 else 8
         # variable dB/dC are summed through a (dim / channels, batch, L, N) fp32 buffer each: past
         # 4 GiB (e.g. dim 1024 at L = 2^20) the narrow programs would cost more memory than speed
         if not bwd_bc_atomic and dim // bwd_channels * batch * L * N * 4 > _PARTIALS_MAX_BYTES:
