@@ -24,9 +24,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ..config import ConfigError, ModelConfig, TypedConfig
-from ..training.config import OptimConfig, ScheduleConfig, TrainerConfig, dump_recipe
-from ..training.recipe import build_named_recipe, check_run_name
+from ..config import ConfigError, TypedConfig
+from ..training.config import dump_recipe
+from ..training.recipe import TrainingRecipe, build_named_recipe
 
 __all__ = [
     "AUDIO_EXTENSIONS", "AudioDataError", "AudioFolder", "AudioSplit", "SkippedFile",
@@ -325,17 +325,12 @@ class AudioGenerateConfig(TypedConfig):
             raise ConfigError(f"{prefix}.prompt_seconds: must be > 0, got {self.prompt_seconds}")
 
 
-@dataclass
-class AudioPretrainRecipe(TypedConfig):
-    model: ModelConfig
+@dataclass(kw_only=True)
+class AudioPretrainRecipe(TrainingRecipe):
     data: AudioDataConfig
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     eval: AudioEvalConfig = field(default_factory=AudioEvalConfig)
     generate: Optional[AudioGenerateConfig] = None
     name: str = "audio"
-    seed: int = 0
 
     def validate(self, prefix: str) -> None:
         if self.model.head != "lm":
@@ -344,7 +339,7 @@ class AudioPretrainRecipe(TypedConfig):
         tok = (self.model.tokenizer or {}).get("name")
         if tok != "mulaw":
             raise ConfigError(f"model.tokenizer: audio data needs the mulaw tokenizer, got {tok!r}")
-        check_run_name(self.name)
+        super().validate(prefix)
 
 
 def is_audio_recipe(data: dict) -> bool:

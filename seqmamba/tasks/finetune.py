@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..config import ConfigError, ModelConfig, TypedConfig
+from ..config import ConfigError, TypedConfig
 from ..data.species import SpeciesDataConfig, SpeciesGenome, SpeciesSource, SpeciesWindowDataset, \
     missing_species_message
-from ..training.config import OptimConfig, ScheduleConfig, TrainerConfig, dump_recipe, load_recipe_dict
-from ..training.recipe import MissingDataError, build_named_recipe, check_run_name
+from ..training.config import dump_recipe, load_recipe_dict
+from ..training.recipe import MissingDataError, TrainingRecipe, build_named_recipe
 
 __all__ = ["FinetuneRecipe", "load_finetune_recipe", "build_finetuning", "finetune",
            "evaluate_windows", "register", "RECIPE_NAME"]
@@ -49,17 +49,12 @@ class EvalConfig(TypedConfig):
             raise ConfigError(f"{prefix}.batch_size: must be >= 1, got {self.batch_size}")
 
 
-@dataclass
-class FinetuneRecipe(TypedConfig):
-    model: ModelConfig
+@dataclass(kw_only=True)
+class FinetuneRecipe(TrainingRecipe):
     data: SpeciesDataConfig
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     init_from: Optional[str] = None  # exported model folder whose backbone weights start training
     name: str = "finetune"
-    seed: int = 0
 
     def validate(self, prefix: str) -> None:
         if self.model.head != "classification":
@@ -67,7 +62,7 @@ class FinetuneRecipe(TypedConfig):
         if self.model.num_classes != len(self.data.species):
             raise ConfigError(f"model.num_classes: {self.model.num_classes} but data.species lists "
                               f"{len(self.data.species)} species (leave it out)")
-        check_run_name(self.name)
+        super().validate(prefix)
 
 
 def _load_pretrained(path: str):

@@ -65,20 +65,30 @@ class GenomeDataConfig(TypedConfig):
             raise MissingDataError(f"data.{key}: {value} not found{where}{hint}")
 
 
-@dataclass
-class PretrainRecipe(TypedConfig):
+@dataclass(kw_only=True)
+class TrainingRecipe(TypedConfig):
+    """What every training recipe holds (genome pretraining, species fine-tuning, audio); each
+    adds its ``data`` section and its extras, and checks that the model has its head."""
     model: ModelConfig
-    data: GenomeDataConfig
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    name: str = "pretrain"
+    name: str = "run"  # the run folder's prefix
     seed: int = 0
+
+    def validate(self, prefix: str) -> None:
+        check_run_name(self.name)
+
+
+@dataclass(kw_only=True)
+class PretrainRecipe(TrainingRecipe):
+    data: GenomeDataConfig
+    name: str = "pretrain"
 
     def validate(self, prefix: str) -> None:
         if self.model.head != "lm":
             raise ConfigError(f"model.head: pretraining trains a language model, got {self.model.head!r}")
-        check_run_name(self.name)
+        super().validate(prefix)
 
 
 def check_run_name(name: str) -> None:
