@@ -461,6 +461,44 @@ def _bwd_param_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dinit_ptr, dA_ac
 
 
 @triton.jit
+def _tile_step_fwd(h, A2, d, e, y, k, m, Bd, Cd, B_row2, C_row2, dC_row, dCf, gmask_C, IND_C,
+                   GSUB_C: tl.constexpr, SUM_MODE: tl.constexpr, B_VAR: tl.constexpr,
+                   C_VAR: tl.constexpr):
+    """One step of _bwd_tile's forward pass (delta' d, delta' u e, dy y, B/C offset k): the new
+    state, its decay a and a h_prev, the step's <h, C>, and dC (written, or accumulated)."""
+    a = tl.exp2(A2 * d)
+    ha = a * h
+    h = ha + e * _ld_bc(B_row2, k, m, Bd, B_VAR)
+    c = _ld_bc(C_row2, k, m, Cd, C_VAR)
+    s = tl.sum(h * c, axis=0, keep_dims=True)
+    zc = h * y
+    if C_VAR:
+        _put_chan_sum(dC_row + k, zc, IND_C, GSUB_C, SUM_MODE, m & gmask_C)
+    else:
+        dCf += zc
+    return h, a, ha, s, dCf
+
+
+@triton.jit
+def _tile_step_bwd(lam, a_nx, ha, A2, d, e, y, k, m, Bd, Cd, B_row2, C_row2, dB_row, dA_acc, dBf,
+                   gmask_B, IND_B, GSUB_B: tl.constexpr, SUM_MODE: tl.constexpr,
+                   B_VAR: tl.constexpr, C_VAR: tl.constexpr):
+    """One step of _bwd_tile's adjoint pass: lam, the accumulators, dB (written, or
+    accumulated), and the step's <lam, B> and <lam a h_prev, A> (for du and ddelta)."""
+    lam = _ld_bc(C_row2, k, m, Cd, C_VAR) * y + a_nx * lam
+    zb = lam * e
+    if B_VAR:
+        _put_chan_sum(dB_row + k, zb, IND_B, GSUB_B, SUM_MODE, m & gmask_B)
+    else:
+        dBf += zb
+    w = lam * ha
+    dA_acc += w * d
+    q = tl.sum(lam * _ld_bc(B_row2, k, m, Bd, B_VAR), axis=0, keep_dims=True)
+    r = tl.sum(w * A2, axis=0, keep_dims=True)
+    return lam, dA_acc, dBf, q, r
+
+
+@triton.jit
 def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, t0, tend, dmask, nmask2, A2, bias, Bd, Cd, Dd,
               dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row, B_row2, C_row2, dB_row, dC_row,
               gmask_B, gmask_C, IND_B, IND_C,
@@ -500,92 +538,32 @@ def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, t0, tend, dmask, nmask2, A2, bias,
     k0, k1, k2, k3 = t0 * N, (t0 + 1) * N, (t0 + 2) * N, (t0 + 3) * N
     # forward through the tile. Kept for the way back: a_t and ha_t = a_t h_{t-1} (the gradient of
     # a_t is lam_t h_{t-1}); dC_t = dy_t h_t is reduced on the spot so h_t is not kept
-    a0 = tl.exp2(A2 * d0)
-    ha0 = a0 * h
-    h = ha0 + e0 * _ld_bc(B_row2, k0, m0, Bd, B_VAR)
-    c = _ld_bc(C_row2, k0, m0, Cd, C_VAR)
-    s0 = tl.sum(h * c, axis=0, keep_dims=True)
-    zc = h * y0
-    if C_VAR:
-        _put_chan_sum(dC_row + k0, zc, IND_C, GSUB_C, SUM_MODE, m0 & gmask_C)
-    else:
-        dCf += zc
-    a1 = tl.exp2(A2 * d1)
-    ha1 = a1 * h
-    h = ha1 + e1 * _ld_bc(B_row2, k1, m1, Bd, B_VAR)
-    c = _ld_bc(C_row2, k1, m1, Cd, C_VAR)
-    s1 = tl.sum(h * c, axis=0, keep_dims=True)
-    zc = h * y1
-    if C_VAR:
-        _put_chan_sum(dC_row + k1, zc, IND_C, GSUB_C, SUM_MODE, m1 & gmask_C)
-    else:
-        dCf += zc
-    a2 = tl.exp2(A2 * d2)
-    ha2 = a2 * h
-    h = ha2 + e2 * _ld_bc(B_row2, k2, m2, Bd, B_VAR)
-    c = _ld_bc(C_row2, k2, m2, Cd, C_VAR)
-    s2 = tl.sum(h * c, axis=0, keep_dims=True)
-    zc = h * y2
-    if C_VAR:
-        _put_chan_sum(dC_row + k2, zc, IND_C, GSUB_C, SUM_MODE, m2 & gmask_C)
-    else:
-        dCf += zc
-    a3 = tl.exp2(A2 * d3)
-    ha3 = a3 * h
-    h = ha3 + e3 * _ld_bc(B_row2, k3, m3, Bd, B_VAR)
-    c = _ld_bc(C_row2, k3, m3, Cd, C_VAR)
-    s3 = tl.sum(h * c, axis=0, keep_dims=True)
-    zc = h * y3
-    if C_VAR:
-        _put_chan_sum(dC_row + k3, zc, IND_C, GSUB_C, SUM_MODE, m3 & gmask_C)
-    else:
-        dCf += zc
+    h, a0, ha0, s0, dCf = _tile_step_fwd(h, A2, d0, e0, y0, k0, m0, Bd, Cd, B_row2, C_row2, dC_row,
+                                         dCf, gmask_C, IND_C, GSUB_C, SUM_MODE, B_VAR, C_VAR)
+    h, a1, ha1, s1, dCf = _tile_step_fwd(h, A2, d1, e1, y1, k1, m1, Bd, Cd, B_row2, C_row2, dC_row,
+                                         dCf, gmask_C, IND_C, GSUB_C, SUM_MODE, B_VAR, C_VAR)
+    h, a2, ha2, s2, dCf = _tile_step_fwd(h, A2, d2, e2, y2, k2, m2, Bd, Cd, B_row2, C_row2, dC_row,
+                                         dCf, gmask_C, IND_C, GSUB_C, SUM_MODE, B_VAR, C_VAR)
+    h, a3, ha3, s3, dCf = _tile_step_fwd(h, A2, d3, e3, y3, k3, m3, Bd, Cd, B_row2, C_row2, dC_row,
+                                         dCf, gmask_C, IND_C, GSUB_C, SUM_MODE, B_VAR, C_VAR)
     if HAS_Z:
         y = _join4(s0, s1, s2, s3)
         if HAS_D:
             y += Dd * uu
         tl.store(dz_row + t0, (gz * y).to(dz_row.dtype.element_ty), mask=m)
     # adjoint, backwards through the tile: lam_t = C_t dy_t + a_{t+1} lam_{t+1}
-    lam = _ld_bc(C_row2, k3, m3, Cd, C_VAR) * y3 + a_nx * lam
-    zb = lam * e3
-    if B_VAR:
-        _put_chan_sum(dB_row + k3, zb, IND_B, GSUB_B, SUM_MODE, m3 & gmask_B)
-    else:
-        dBf += zb
-    w = lam * ha3
-    dA_acc += w * d3
-    q3 = tl.sum(lam * _ld_bc(B_row2, k3, m3, Bd, B_VAR), axis=0, keep_dims=True)
-    r3 = tl.sum(w * A2, axis=0, keep_dims=True)
-    lam = _ld_bc(C_row2, k2, m2, Cd, C_VAR) * y2 + a3 * lam
-    zb = lam * e2
-    if B_VAR:
-        _put_chan_sum(dB_row + k2, zb, IND_B, GSUB_B, SUM_MODE, m2 & gmask_B)
-    else:
-        dBf += zb
-    w = lam * ha2
-    dA_acc += w * d2
-    q2 = tl.sum(lam * _ld_bc(B_row2, k2, m2, Bd, B_VAR), axis=0, keep_dims=True)
-    r2 = tl.sum(w * A2, axis=0, keep_dims=True)
-    lam = _ld_bc(C_row2, k1, m1, Cd, C_VAR) * y1 + a2 * lam
-    zb = lam * e1
-    if B_VAR:
-        _put_chan_sum(dB_row + k1, zb, IND_B, GSUB_B, SUM_MODE, m1 & gmask_B)
-    else:
-        dBf += zb
-    w = lam * ha1
-    dA_acc += w * d1
-    q1 = tl.sum(lam * _ld_bc(B_row2, k1, m1, Bd, B_VAR), axis=0, keep_dims=True)
-    r1 = tl.sum(w * A2, axis=0, keep_dims=True)
-    lam = _ld_bc(C_row2, k0, m0, Cd, C_VAR) * y0 + a1 * lam
-    zb = lam * e0
-    if B_VAR:
-        _put_chan_sum(dB_row + k0, zb, IND_B, GSUB_B, SUM_MODE, m0 & gmask_B)
-    else:
-        dBf += zb
-    w = lam * ha0
-    dA_acc += w * d0
-    q0 = tl.sum(lam * _ld_bc(B_row2, k0, m0, Bd, B_VAR), axis=0, keep_dims=True)
-    r0 = tl.sum(w * A2, axis=0, keep_dims=True)
+    lam, dA_acc, dBf, q3, r3 = _tile_step_bwd(lam, a_nx, ha3, A2, d3, e3, y3, k3, m3, Bd, Cd,
+                                              B_row2, C_row2, dB_row, dA_acc, dBf, gmask_B, IND_B,
+                                              GSUB_B, SUM_MODE, B_VAR, C_VAR)
+    lam, dA_acc, dBf, q2, r2 = _tile_step_bwd(lam, a3, ha2, A2, d2, e2, y2, k2, m2, Bd, Cd,
+                                              B_row2, C_row2, dB_row, dA_acc, dBf, gmask_B, IND_B,
+                                              GSUB_B, SUM_MODE, B_VAR, C_VAR)
+    lam, dA_acc, dBf, q1, r1 = _tile_step_bwd(lam, a2, ha1, A2, d1, e1, y1, k1, m1, Bd, Cd,
+                                              B_row2, C_row2, dB_row, dA_acc, dBf, gmask_B, IND_B,
+                                              GSUB_B, SUM_MODE, B_VAR, C_VAR)
+    lam, dA_acc, dBf, q0, r0 = _tile_step_bwd(lam, a1, ha0, A2, d0, e0, y0, k0, m0, Bd, Cd,
+                                              B_row2, C_row2, dB_row, dA_acc, dBf, gmask_B, IND_B,
+                                              GSUB_B, SUM_MODE, B_VAR, C_VAR)
     lB = _join4(q0, q1, q2, q3)
     ddt = lB * uu + _join4(r0, r1, r2, r3) * 0.6931471805599453  # A2 = A log2(e)
     du = lB * dt
