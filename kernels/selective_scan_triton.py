@@ -99,6 +99,31 @@ def _fwd_step(h, dt, dtu, Bs, A2):
 # forward
 # ----------------------------------------------------------------------------------------------
 @triton.jit
+def _tile_program(A_ptr, bias_ptr, D_ptr, pid_d, dim, N: tl.constexpr, NP: tl.constexpr,
+                  BD: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+    """The index tiles of a program over channels [pid_d * BD, + BD): n [NP, 1, 1], d [1, BD, 1]
+    (and d64), tt [1, 1, 4] steps, n2 [NP, 1], d2 [1, BD], their masks, and the channels' A
+    (times log2 e, [NP, BD]), delta bias and D ([1, BD, 1], or 0.0 when absent)."""
+    n = tl.arange(0, NP)[:, None, None]
+    d = pid_d * BD + tl.arange(0, BD)[None, :, None]
+    tt = tl.arange(0, 4)[None, None, :]
+    n2 = tl.arange(0, NP)[:, None]
+    d2 = pid_d * BD + tl.arange(0, BD)[None, :]
+    dmask = d < dim
+    nmask = n < N
+    dn2 = (d2 < dim) & (n2 < N)
+    d64 = d.to(tl.int64)
+    A2 = tl.load(A_ptr + d2 * N + n2, mask=dn2, other=0.0) * LOG2E
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0)
+    Dd = 0.0
+    if HAS_D:
+        Dd = tl.load(D_ptr + d, mask=dmask, other=0.0)
+    return n, d, tt, n2, d2, dmask, nmask, dn2, d64, A2, bias, Dd
+
+
+@triton.jit
 def _fwd_tile(h, t0, tmask, dmask, nmask, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, out_row,
               B_row, C_row, N: tl.constexpr, MASKED: tl.constexpr, STATE_ONLY: tl.constexpr,
               HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -165,22 +190,8 @@ def _fwd_kernel(
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
-    n = tl.arange(0, NP)[:, None, None]
-    d = pid_d * BD + tl.arange(0, BD)[None, :, None]
-    tt = tl.arange(0, 4)[None, None, :]
-    n2 = tl.arange(0, NP)[:, None]
-    d2 = pid_d * BD + tl.arange(0, BD)[None, :]
-    dmask = d < dim
-    nmask = n < N
-    dn2 = (d2 < dim) & (n2 < N)
-    d64 = d.to(tl.int64)
-    A2 = tl.load(A_ptr + d2 * N + n2, mask=dn2, other=0.0) * LOG2E
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0)
-    Dd = 0.0
-    if HAS_D:
-        Dd = tl.load(D_ptr + d, mask=dmask, other=0.0)
+    n, d, tt, n2, d2, dmask, nmask, dn2, d64, A2, bias, Dd = _tile_program(
+        A_ptr, bias_ptr, D_ptr, pid_d, dim, N, NP, BD, HAS_BIAS, HAS_D)
     # pointer tiles are built once; the loop adds a scalar offset
     dt_row = dt_ptr + b * s_tb + d64 * s_td + tt
     u_row = u_ptr + b * s_ub + d64 * s_ud + tt
@@ -300,19 +311,8 @@ def _bwd_state_kernel(
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2) + 1
     n_chunks = tl.num_programs(2) + 1
-    n = tl.arange(0, NP)[:, None, None]
-    d = pid_d * BD + tl.arange(0, BD)[None, :, None]
-    tt = tl.arange(0, 4)[None, None, :]
-    n2 = tl.arange(0, NP)[:, None]
-    d2 = pid_d * BD + tl.arange(0, BD)[None, :]
-    dmask = d < dim
-    nmask = n < N
-    dn2 = (d2 < dim) & (n2 < N)
-    d64 = d.to(tl.int64)
-    A2 = tl.load(A_ptr + d2 * N + n2, mask=dn2, other=0.0) * LOG2E
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0)
+    n, d, tt, n2, d2, dmask, nmask, dn2, d64, A2, bias, _ = _tile_program(
+        A_ptr, bias_ptr, A_ptr, pid_d, dim, N, NP, BD, HAS_BIAS, False)
     dt_row = dt_ptr + b * s_tb + d64 * s_td + tt
     g_row = g_ptr + b * s_gb + d64 * s_gd + tt
     z_row = z_ptr + b * s_zb + d64 * s_zd + tt
@@ -600,23 +600,9 @@ def _bwd_kernel(
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
     n_chunks = tl.num_programs(2)
-    n = tl.arange(0, NP)[:, None, None]
-    d = pid_d * BD + tl.arange(0, BD)[None, :, None]
-    tt = tl.arange(0, 4)[None, None, :]
-    n2 = tl.arange(0, NP)[:, None]
-    d2 = pid_d * BD + tl.arange(0, BD)[None, :]
-    dmask = d < dim
-    nmask = n < N
-    dn2 = (d2 < dim) & (n2 < N)
-    d64 = d.to(tl.int64)
+    n, d, tt, n2, d2, dmask, nmask, dn2, d64, A2, bias, Dd = _tile_program(
+        A_ptr, bias_ptr, D_ptr, pid_d, dim, N, NP, BD, HAS_BIAS, HAS_D)
     nmask2 = n2 < N
-    A2 = tl.load(A_ptr + d2 * N + n2, mask=dn2, other=0.0) * LOG2E
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0)
-    Dd = 0.0
-    if HAS_D:
-        Dd = tl.load(D_ptr + d, mask=dmask, other=0.0)
     dt_row = dt_ptr + b * s_tb + d64 * s_td + tt
     u_row = u_ptr + b * s_ub + d64 * s_ud + tt
     z_row = z_ptr + b * s_zb + d64 * s_zd + tt
