@@ -146,6 +146,27 @@ def test_evaluate_matches_training_validation_and_accepts_every_model_form(train
     assert table.exit_code == 0 and "bits/base" in table.stdout and "perplexity" in table.stdout
 
 
+def test_evaluate_several_lengths(trained_run):
+    """--seq-len 32,64: one row per length, each the same as a single-length call."""
+    args = ["--fasta", str(SAMPLE_FA), "--bed", str(SAMPLE_BED), "--split", "valid",
+            "--max-windows", "4", "--device", "cpu"]
+    both = runner.invoke(app, ["evaluate", str(trained_run / "export"), *args, "--seq-len", "32,64",
+                               "--json"])
+    assert both.exit_code == 0, both.output
+    rows = json.loads(both.stdout)["results"]
+    assert [r["seq_len"] for r in rows] == [32, 64]
+    one = json.loads(runner.invoke(app, ["evaluate", str(trained_run / "export"), *args,
+                                         "--seq-len", "64", "--json"]).stdout)
+    assert rows[1]["bits_per_base"] == pytest.approx(one["bits_per_base"])
+    table = runner.invoke(app, ["evaluate", str(trained_run / "export"), *args, "--seq-len", "32,64"])
+    assert table.exit_code == 0 and len(table.stdout.strip().splitlines()) == 5
+    assert table.stdout.strip().splitlines()[-1].split()[0] == "64"
+    bad = runner.invoke(app, ["evaluate", str(trained_run / "export"), *args, "--seq-len", "32,x"])
+    assert bad.exit_code == 1 and "--seq-len" in bad.output and bad.output.strip().count("\n") == 0
+    short = runner.invoke(app, ["evaluate", str(trained_run / "export"), *args, "--seq-len", "64,1"])
+    assert short.exit_code == 1 and short.stdout.strip().count("\n") == 0 and "bits/base" not in short.stdout
+
+
 def test_score_tsv_on_stdout_and_file(trained_run, tmp_path):
     fa = tmp_path / "in.fa"
     fa.write_text(">a\nACGTACGTTTGACCA\n>b\nacgtn\n>c\nGGGGCCCCAAAATTTTACGATCGATCGACT\n")

@@ -106,6 +106,27 @@ def format_table(result: dict, model_desc: str) -> str:
     return "\n".join(f"{k:<14} {v}" for k, v in rows)
 
 
+def parse_lengths(text: str) -> list[int]:
+    """``--seq-len`` as one length or a comma list (``1024,4096,16384``)."""
+    try:
+        lengths = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--seq-len: expected a length or a comma list like 1024,4096, got {text!r}")
+    return lengths
+
+
+def format_length_table(results: list, model_desc: str) -> str:
+    """One row per window length: how bits/base changes with the context the model is given."""
+    first = results[0]
+    where = first["fasta"] + (f" ({first['bed']}, split {first['split']})" if first["bed"] else "")
+    lines = [f"model   {model_desc}", f"data    {where}",
+             f"{'seq_len':>9} {'windows':>8} {'tokens scored':>14} {'bits/base':>10} {'perplexity':>11}"]
+    for r in results:
+        lines.append(f"{r['seq_len']:>9,} {r['windows']:>8,} {r['tokens_scored']:>14,} "
+                     f"{r['bits_per_base']:>10.4f} {r['perplexity']:>11.4f}")
+    return "\n".join(lines)
+
+
 def register(app) -> None:
     import typer
 
@@ -120,7 +141,9 @@ def register(app) -> None:
         audio_dir: Optional[str] = typer.Option(None, "--audio-dir", help="Audio models: the audio folder (its --split files are scored)."),
         bed: Optional[str] = typer.Option(None, "--bed", help="BED with a split column (chrom start end split)."),
         split: str = typer.Option("test", "--split", help="Which BED split to score."),
-        seq_len: int = typer.Option(1024, "--seq-len", help="Window length in tokens."),
+        seq_len: str = typer.Option("1024", "--seq-len",
+                                    help="Window length in tokens, or a comma list (1024,4096,16384) "
+                                         "to score each length: one row per length."),
         max_windows: Optional[int] = typer.Option(None, "--max-windows",
                                                   help="Score at most this many windows, evenly spread."),
         batch_size: int = typer.Option(8, "--batch-size", help="Windows per forward pass."),
@@ -133,17 +156,25 @@ def register(app) -> None:
         with cli_errors():  # bad files, options and checkpoints: one line, exit status 1
             if max_windows is not None and max_windows < 1:
                 raise ValueError(f"--max-windows must be >= 1, got {max_windows}")
+            lengths = parse_lengths(seq_len)
             model = load_trained_model(model_path, device)
             if (model.config.tokenizer or {}).get("name") == "mulaw":  # audio: bits per sample
                 from .audio_eval import evaluate_command
-                evaluate_command(model, model_path, audio_dir, seq_len, split, max_windows,
-                                 as_json, echo=typer.echo)
+                for length in lengths:
+                    evaluate_command(model, model_path, audio_dir, length, split, max_windows,
+                                     as_json, echo=typer.echo)
                 return
             if fasta is None:
                 raise ValueError("give --fasta (the held-out DNA to score)")
-            result = evaluate_lm(model, fasta, seq_len, bed, split, max_windows, batch_size,
-                                 exclude_n, precision, progress=sys.stderr.isatty())
-        if as_json:
-            typer.echo(json.dumps({"model": str(model_path), **result}, indent=2))
+            # every length is scored before anything is printed: a bad one leaves no partial table
+            results = [evaluate_lm(model, fasta, length, bed, split, max_windows, batch_size,
+                                   exclude_n, precision, progress=sys.stderr.isatty())
+                       for length in lengths]
+        desc = f"{model_path} ({describe_source(model)})"
+        if len(results) == 1:
+            out = (json.dumps({"model": str(model_path), **results[0]}, indent=2) if as_json
+                   else format_table(results[0], desc))
         else:
-            typer.echo(format_table(result, f"{model_path} ({describe_source(model)})"))
+            out = (json.dumps({"model": str(model_path), "results": results}, indent=2) if as_json
+                   else format_length_table(results, desc))
+        typer.echo(out)
