@@ -146,6 +146,16 @@ def test_evaluate_matches_training_validation_and_accepts_every_model_form(train
     assert table.exit_code == 0 and "bits/base" in table.stdout and "perplexity" in table.stdout
 
 
+def test_ratio_standard_error():
+    from seqmamba.tasks.evaluate import ratio_standard_error
+    assert ratio_standard_error(torch.tensor([3.0]), torch.tensor([2.0])) is None
+    assert ratio_standard_error(torch.tensor([2.0, 4.0]), torch.tensor([1.0, 2.0])) == 0.0
+    # equal-size units: the ordinary standard error of the per-unit means
+    num, den = torch.tensor([1.0, 2.0, 6.0]), torch.tensor([2.0, 2.0, 2.0])
+    means = num / den
+    assert ratio_standard_error(num, den) == pytest.approx(float(means.std() / 3 ** 0.5))
+
+
 def test_evaluate_several_lengths(trained_run):
     """--seq-len 32,64: one row per length, each the same as a single-length call."""
     args = ["--fasta", str(SAMPLE_FA), "--bed", str(SAMPLE_BED), "--split", "valid",
@@ -158,6 +168,7 @@ def test_evaluate_several_lengths(trained_run):
     one = json.loads(runner.invoke(app, ["evaluate", str(trained_run / "export"), *args,
                                          "--seq-len", "64", "--json"]).stdout)
     assert rows[1]["bits_per_base"] == pytest.approx(one["bits_per_base"])
+    assert 0 < one["bits_per_base_se"] < 0.5 * one["bits_per_base"]
     table = runner.invoke(app, ["evaluate", str(trained_run / "export"), *args, "--seq-len", "32,64"])
     assert table.exit_code == 0 and len(table.stdout.strip().splitlines()) == 5
     assert table.stdout.strip().splitlines()[-1].split()[0] == "64"

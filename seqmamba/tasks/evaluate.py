@@ -7,7 +7,10 @@ Windows follow the training rule (``seqmamba.data.windows``): with a BED, the in
 ``--split`` cut into non-overlapping windows of ``--seq-len`` (an interval shorter than that gives
 one window starting at it and one ending at it); without a BED, every record is cut the same way.
 Each window is scored on its own: token t is predicted from tokens < t of the same window, the
-first token is context only. bits/base = mean negative log2-likelihood per predicted base.
+first token is context only. bits/base = mean negative log2-likelihood per predicted base; its
+standard error is taken over windows (as a ratio of per-window sums), treating windows as
+independent draws: it says how much the choice of windows moves the number, not how much another
+training run would.
 """
 from __future__ import annotations
 
@@ -44,6 +47,17 @@ def bases_per_token(tokenizer) -> int:
     return int(getattr(tokenizer, "stride", 1) or 1)
 
 
+def ratio_standard_error(num: torch.Tensor, den: torch.Tensor) -> Optional[float]:
+    """Standard error of sum(num) / sum(den) over n units (linearised ratio estimator):
+    sqrt(n / (n - 1) * sum((num_i - R den_i)^2)) / sum(den); None for fewer than 2 units."""
+    n = num.numel()
+    if n < 2:
+        return None
+    num, den = num.double(), den.double()
+    ratio = num.sum() / den.sum()
+    return float(torch.sqrt(n / (n - 1) * ((num - ratio * den) ** 2).sum()) / den.sum())
+
+
 @torch.inference_mode()
 def evaluate_lm(model, fasta: str, seq_len: int, bed: Optional[str] = None, split: Optional[str] = "test",
                 max_windows: Optional[int] = None, batch_size: int = 8, exclude_n: bool = False,
@@ -65,8 +79,7 @@ def evaluate_lm(model, fasta: str, seq_len: int, bed: Optional[str] = None, spli
     ignore = [tok.token_to_id("N")] if exclude_n else []
     objective = LMObjective(tok.pad_id, ignore)
     device = model.device
-    nll_sum = torch.zeros((), dtype=torch.float64)
-    count = 0
+    win_nll, win_count = [], []  # per window: summed nll (nats) and scored tokens
     bar = None
     if progress:
         from tqdm import tqdm
@@ -76,16 +89,20 @@ def evaluate_lm(model, fasta: str, seq_len: int, bed: Optional[str] = None, spli
             ids = batch["input_ids"].to(device)
             with autocast_for(device, precision):
                 nll, mask = objective.token_nll(model, ids)
-            nll_sum += (nll.double() * mask).sum().cpu()
-            count += int(mask.sum())
+            win_nll.append((nll.double() * mask).sum(1).cpu())
+            win_count.append(mask.sum(1).cpu())
             if bar is not None:
                 bar.update(ids.shape[0])
     finally:
         if bar is not None:
             bar.close()
+    win_nll = torch.cat(win_nll) if win_nll else torch.zeros(0, dtype=torch.float64)
+    win_count = torch.cat(win_count) if win_count else torch.zeros(0)
+    count = int(win_count.sum())
     if count == 0:
         raise ValueError(f"{fasta}: no base to score at --seq-len {seq_len}")
-    nats = float(nll_sum) / count
+    nats = float(win_nll.sum()) / count
+    se = ratio_standard_error(win_nll, win_count)
     per_base = bases_per_token(tok)
     return {
         "fasta": str(fasta), "bed": None if bed is None else str(bed),
@@ -93,7 +110,13 @@ def evaluate_lm(model, fasta: str, seq_len: int, bed: Optional[str] = None, spli
         "tokens_scored": count, "bases_scored": count * per_base,
         "nats_per_token": nats, "bits_per_token": nats / LN2,
         "bits_per_base": nats / LN2 / per_base, "perplexity": math.exp(nats),
+        "bits_per_base_se": None if se is None else se / LN2 / per_base,
     }
+
+
+def _se_text(result: dict) -> str:
+    se = result.get("bits_per_base_se")
+    return "" if se is None else f" ± {se:.4f} (s.e. over windows)"
 
 
 def format_table(result: dict, model_desc: str) -> str:
@@ -101,7 +124,7 @@ def format_table(result: dict, model_desc: str) -> str:
     rows = [("model", model_desc), ("data", where),
             ("windows", f"{result['windows']:,} x {result['seq_len']:,} tokens"),
             ("tokens scored", f"{result['tokens_scored']:,}"),
-            ("bits/base", f"{result['bits_per_base']:.4f}"),
+            ("bits/base", f"{result['bits_per_base']:.4f}" + _se_text(result)),
             ("perplexity", f"{result['perplexity']:.4f}")]
     return "\n".join(f"{k:<14} {v}" for k, v in rows)
 
@@ -120,10 +143,13 @@ def format_length_table(results: list, model_desc: str) -> str:
     first = results[0]
     where = first["fasta"] + (f" ({first['bed']}, split {first['split']})" if first["bed"] else "")
     lines = [f"model   {model_desc}", f"data    {where}",
-             f"{'seq_len':>9} {'windows':>8} {'tokens scored':>14} {'bits/base':>10} {'perplexity':>11}"]
+             f"{'seq_len':>9} {'windows':>8} {'tokens scored':>14} {'bits/base':>10} {'± s.e.':>8} "
+             f"{'perplexity':>11}"]
     for r in results:
+        se = r.get("bits_per_base_se")
         lines.append(f"{r['seq_len']:>9,} {r['windows']:>8,} {r['tokens_scored']:>14,} "
-                     f"{r['bits_per_base']:>10.4f} {r['perplexity']:>11.4f}")
+                     f"{r['bits_per_base']:>10.4f} {'-' if se is None else f'{se:.4f}':>8} "
+                     f"{r['perplexity']:>11.4f}")
     return "\n".join(lines)
 
 
