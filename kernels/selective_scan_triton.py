@@ -124,6 +124,20 @@ def _tile_program(A_ptr, bias_ptr, D_ptr, pid_d, dim, N: tl.constexpr, NP: tl.co
 
 
 @triton.jit
+def _fixed_bc(B_ptr, C_ptr, d2, n2, dn2, N: tl.constexpr, B_VAR: tl.constexpr,
+              C_VAR: tl.constexpr):
+    """Time-invariant B / C of the program's channels ([NP, BD], from (dim, N)); 0.0 for the
+    time-varying ones, which are loaded step by step."""
+    Bd = 0.0
+    if not B_VAR:
+        Bd = tl.load(B_ptr + d2 * N + n2, mask=dn2, other=0.0)
+    Cd = 0.0
+    if not C_VAR:
+        Cd = tl.load(C_ptr + d2 * N + n2, mask=dn2, other=0.0)
+    return Bd, Cd
+
+
+@triton.jit
 def _fwd_tile(h, t0, tmask, dmask, nmask, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, out_row,
               B_row, C_row, N: tl.constexpr, MASKED: tl.constexpr, STATE_ONLY: tl.constexpr,
               HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -205,12 +219,7 @@ def _fwd_kernel(
         C_row = C_ptr + b * s_Cb + tl.minimum(d // cpg_C, dim // cpg_C - 1) * s_Cg + tt * N + n
     else:
         C_row = C_ptr + b * s_Cb + tt * N + n
-    Bd = 0.0
-    if not B_VAR:
-        Bd = tl.load(B_ptr + d2 * N + n2, mask=dn2, other=0.0)
-    Cd = 0.0
-    if not C_VAR:
-        Cd = tl.load(C_ptr + d2 * N + n2, mask=dn2, other=0.0)
+    Bd, Cd = _fixed_bc(B_ptr, C_ptr, d2, n2, dn2, N, B_VAR, C_VAR)
     t_begin = c * CH
     t_end = tl.minimum(t_begin + CH, L)
     t_full = t_begin + ((t_end - t_begin) // 4) * 4
@@ -424,12 +433,7 @@ def _bwd_bc_rows(B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, 
     dl = tl.arange(0, BD)[:, None]
     IND_B = tl.where(dl // GSUB_B == gB, 1.0, 0.0)
     IND_C = tl.where(dl // GSUB_C == gC, 1.0, 0.0)
-    Bd = 0.0
-    if not B_VAR:
-        Bd = tl.load(B_ptr + d2 * N + n2, mask=dn2, other=0.0)
-    Cd = 0.0
-    if not C_VAR:
-        Cd = tl.load(C_ptr + d2 * N + n2, mask=dn2, other=0.0)
+    Bd, Cd = _fixed_bc(B_ptr, C_ptr, d2, n2, dn2, N, B_VAR, C_VAR)
     return B_row2, C_row2, Bd, Cd, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C
 
 
