@@ -8,7 +8,7 @@ that layout, so with 8 channels a program the 4 lanes of a channel each hold all
 repeat the same recurrence (255 registers a thread, see BENCHMARKS.md). Here every tensor is 2-D:
 states [NP, BD] (4 lanes x 4 states per channel, from the checkpoint load), per-channel steps
 [1, BD], B/C steps [NP, 1]. Compiled for sm_90 by Triton 3.6 (8 channels a program): 128
-registers with 2-step tiles, 187 with 4, no spills, against 255 for the main kernel. The price is
+registers with 2-step tiles, 189 with 4, no spills, against 255 for the main kernel. The price is
 one scalar load per channel, row and step instead of one 8-byte load per 4 steps. Not yet timed
 on a GPU; the benchmark sweep includes it.
 """
@@ -17,10 +17,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .selective_scan_triton import (LOG2E, _bwd_bc_rows, _bwd_param_grads, _ld_bc, _load_delta,
-                                   _put_chan_sum)
-
-LN2 = tl.constexpr(0.6931471805599453)
+from .selective_scan_triton import (LN2, LOG2E, _bwd_bc_rows, _bwd_param_grads, _fwd_step, _ld_bc,
+                                   _load_delta, _tile_step_bwd, _tile_step_fwd)
 
 
 @triton.jit
@@ -28,7 +26,7 @@ def _state_step(h, t, m, mn, A2, bias, Bd, dt_row, u_row, B_row2, N: tl.constexp
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr):
     dt, _ = _load_delta(dt_row + t, m, bias, HAS_BIAS, SOFTPLUS)
     uu = tl.load(u_row + t, mask=m, other=0.0).to(tl.float32)
-    return tl.exp2(A2 * dt) * h + (dt * uu) * _ld_bc(B_row2, t * N, mn, Bd, B_VAR)
+    return _fwd_step(h, dt, dt * uu, _ld_bc(B_row2, t * N, mn, Bd, B_VAR), A2)
 
 
 @triton.jit
@@ -37,30 +35,25 @@ def _in_step(h, t, m, mn, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_
              SUM_MODE: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr,
              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr,
              C_VAR: tl.constexpr):
-    """Step t forward from the state h entering it: h_t and what the way back needs (a_t,
-    a_t h_{t-1}, delta'_t, its pre-softplus value, u_t, dy_t); writes dz_t and dC_t."""
+    """Step t forward from the state h entering it (_tile_step_fwd, with this step's loads):
+    h_t and what the way back needs (a_t, a_t h_{t-1}, delta'_t, its pre-softplus value, u_t,
+    dy_t); writes dz_t and dC_t."""
     dt, x = _load_delta(dt_row + t, m, bias, HAS_BIAS, SOFTPLUS)
     uu = tl.load(u_row + t, mask=m, other=0.0).to(tl.float32)
     gg = tl.load(g_row + t, mask=m, other=0.0).to(tl.float32)
-    a = tl.exp2(A2 * dt)
-    ha = a * h
-    h = ha + (dt * uu) * _ld_bc(B_row2, t * N, mn, Bd, B_VAR)
     if HAS_Z:
         zz = tl.load(z_row + t, mask=m, other=0.0).to(tl.float32)
         sz = tl.sigmoid(zz)
         dy = gg * zz * sz
-        y = tl.sum(h * _ld_bc(C_row2, t * N, mn, Cd, C_VAR), axis=0, keep_dims=True)
+    else:
+        dy = gg
+    h, a, ha, y, dCf = _tile_step_fwd(h, A2, dt, dt * uu, dy, t * N, mn, Bd, Cd, B_row2, C_row2,
+                                      dC_row, dCf, gmask_C, IND_C, GSUB_C, SUM_MODE, B_VAR, C_VAR)
+    if HAS_Z:
         if HAS_D:
             y += Dd * uu
         tl.store(dz_row + t, (gg * sz * (1.0 + zz * (1.0 - sz)) * y).to(dz_row.dtype.element_ty),
                  mask=m)
-    else:
-        dy = gg
-    zc = h * dy
-    if C_VAR:
-        _put_chan_sum(dC_row + t * N, zc, IND_C, GSUB_C, SUM_MODE, mn & gmask_C)
-    else:
-        dCf += zc
     return h, a, ha, dt, x, uu, dy, dCf
 
 
@@ -69,18 +62,12 @@ def _out_step(lam, a_nx, a, ha, dt, x, uu, dy, dA_acc, dBf, t, m, mn, A2, Bd, Cd
               ddt_row, B_row2, C_row2, dB_row, gmask_B, IND_B, N: tl.constexpr,
               GSUB_B: tl.constexpr, SUM_MODE: tl.constexpr, HAS_D: tl.constexpr,
               SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
-    """Step t backward: lam_t = C_t dy_t + a_{t+1} lam_{t+1}; writes du_t, ddelta_t and dB_t;
+    """Step t backward (_tile_step_bwd, then du_t and ddelta_t): writes du_t, ddelta_t and dB_t;
     returns lam_t, a_t (the decay for step t - 1), the accumulators, dy_t u_t and ddelta_t."""
-    lam = _ld_bc(C_row2, t * N, mn, Cd, C_VAR) * dy + a_nx * lam
-    zb = lam * (dt * uu)
-    if B_VAR:
-        _put_chan_sum(dB_row + t * N, zb, IND_B, GSUB_B, SUM_MODE, mn & gmask_B)
-    else:
-        dBf += zb
-    w = lam * ha
-    dA_acc += w * dt
-    q = tl.sum(lam * _ld_bc(B_row2, t * N, mn, Bd, B_VAR), axis=0, keep_dims=True)
-    ddt = q * uu + tl.sum(w * A2, axis=0, keep_dims=True) * LN2  # A2 = A log2(e)
+    lam, dA_acc, dBf, q, r = _tile_step_bwd(lam, a_nx, ha, A2, dt, dt * uu, dy, t * N, mn, Bd, Cd,
+                                            B_row2, C_row2, dB_row, dA_acc, dBf, gmask_B, IND_B,
+                                            GSUB_B, SUM_MODE, B_VAR, C_VAR)
+    ddt = q * uu + r * LN2  # A2 = A log2(e)
     du = q * dt
     if HAS_D:
         du += Dd * dy
@@ -109,7 +96,7 @@ def _bwd_steps_tile(h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, t0, tend, dm
                     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
     """Steps [t0, t0 + TILE) (those < tend if MASKED), TILE 2 or 4: forward from h, keeping each
     step's decay and inputs in registers, then back from lam. A longer tile stores fewer states
-    to scratch but keeps more values live (sm_90, 8 channels: 128 registers at 2, 187 at 4)."""
+    to scratch but keeps more values live (sm_90, 8 channels: 128 registers at 2, 189 at 4)."""
     m0, k0 = _step_masks(t0, tend, dmask, nmask2, MASKED)
     m1, k1 = _step_masks(t0 + 1, tend, dmask, nmask2, MASKED)
     h, a0, ha0, d0, x0, u0, y0, dCf = _in_step(

@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)  # turns the exp2 exponents' gradients back into exp's
 # approximate-math inline PTX on the GPU; the interpreter (TRITON_INTERPRET=1) runs plain Triton ops
 FAST_MATH = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 _MAX_N = 64  # states per channel held in registers; larger N goes to the chunked PyTorch path
@@ -569,7 +570,7 @@ def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, t0, tend, dmask, nmask2, A2, bias,
                                               B_row2, C_row2, dB_row, dA_acc, dBf, gmask_B, IND_B,
                                               GSUB_B, SUM_MODE, B_VAR, C_VAR)
     lB = _join4(q0, q1, q2, q3)
-    ddt = lB * uu + _join4(r0, r1, r2, r3) * 0.6931471805599453  # A2 = A log2(e)
+    ddt = lB * uu + _join4(r0, r1, r2, r3) * LN2  # A2 = A log2(e)
     du = lB * dt
     if HAS_D:
         du += Dd * dy
