@@ -44,6 +44,13 @@ def steps_per_second(fn, steps_per_call: int, calls: int, reps: int = 5) -> floa
     return statistics.median(rates)
 
 
+def add_eager_rows(add, m, ids, cache, tag, calls):
+    """The rows both tables start with: eager ``model.step``, alone and with sampling."""
+    add(f"[{tag}] eager model.step (logits)", lambda: m.step(ids, cache), calls=calls)
+    add(f"[{tag}] eager model.step + sample_next(T=1)",
+        lambda: sample_next(m.step(ids, cache), 1.0), calls=calls)
+
+
 def timed_row(rows, name, fn, steps_per_call, calls, unit, width):
     """Time ``fn`` (steps_per_call steps a call), print one row and keep (name, rate); a variant
     that does not run is reported and skipped."""
@@ -253,9 +260,7 @@ def run_unet_bench(args) -> None:
         tag = str(dtype)[6:]
         cache = m.allocate_cache(1)
         with torch.inference_mode():
-            add(f"[{tag}] eager model.step (logits)", lambda: m.step(ids, cache), calls=300)
-            add(f"[{tag}] eager model.step + sample_next(T=1)",
-                lambda: sample_next(m.step(ids, cache), 1.0), calls=300)
+            add_eager_rows(add, m, ids, cache, tag, calls=300)
             try:
                 f, fcache, pos = FusedUNetStep(m, 1), m.allocate_cache(1), [0]
 
@@ -376,9 +381,7 @@ def main(argv=None):
         tag = str(dtype)[6:]
         cache = m.allocate_cache(1)
         with torch.inference_mode():
-            add(f"[{tag}] eager model.step (logits)", lambda: m.step(ids, cache), calls=200)
-            add(f"[{tag}] eager model.step + sample_next(T=1)",
-                lambda: sample_next(m.step(ids, cache), 1.0), calls=200)
+            add_eager_rows(add, m, ids, cache, tag, calls=200)
             for fused in (False, True):
                 name = "fused Triton step" if fused else "model.step"
                 g = GraphedStep(m, 1, fused=fused)

@@ -119,9 +119,12 @@ def _se_text(result: dict) -> str:
     return "" if se is None else f" ± {se:.4f} (s.e. over windows)"
 
 
+def _data_desc(result: dict) -> str:
+    return result["fasta"] + (f" ({result['bed']}, split {result['split']})" if result["bed"] else "")
+
+
 def format_table(result: dict, model_desc: str) -> str:
-    where = result["fasta"] + (f" ({result['bed']}, split {result['split']})" if result["bed"] else "")
-    rows = [("model", model_desc), ("data", where),
+    rows = [("model", model_desc), ("data", _data_desc(result)),
             ("windows", f"{result['windows']:,} x {result['seq_len']:,} tokens"),
             ("tokens scored", f"{result['tokens_scored']:,}"),
             ("bits/base", f"{result['bits_per_base']:.4f}" + _se_text(result)),
@@ -140,9 +143,7 @@ def parse_lengths(text: str) -> list[int]:
 
 def format_length_table(results: list, model_desc: str) -> str:
     """One row per window length: how bits/base changes with the context the model is given."""
-    first = results[0]
-    where = first["fasta"] + (f" ({first['bed']}, split {first['split']})" if first["bed"] else "")
-    lines = [f"model   {model_desc}", f"data    {where}",
+    lines = [f"model   {model_desc}", f"data    {_data_desc(results[0])}",
              f"{'seq_len':>9} {'windows':>8} {'tokens scored':>14} {'bits/base':>10} {'± s.e.':>8} "
              f"{'perplexity':>11}"]
     for r in results:
