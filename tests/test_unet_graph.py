@@ -35,6 +35,17 @@ def unet_lm(pool=(2, 3), n_layer=5, down_blocks=True, vocab=37, d_model=16, **kw
     return model
 
 
+def parallel_loglik(model, prompt, out, ban):
+    """Log-likelihood of the sampled ``out`` after ``prompt`` under the parallel forward with the
+    ``ban`` id excluded: what a graphed sampler with ban_token and loglik must report."""
+    seq = torch.cat([prompt, out], 1)
+    with torch.no_grad():
+        logits = model(seq[:, :-1]).float()
+        logits[..., ban] = float("-inf")
+        picked = torch.log_softmax(logits, -1).gather(2, seq[:, 1:, None])[..., 0]
+    return picked[:, prompt.shape[1] - 1:].sum(1)
+
+
 def test_phases():
     for pools in ([2, 3], [16, 16], [2, 2, 3]):
         cycle = math.prod(pools)
@@ -93,11 +104,7 @@ def test_sampled_generation_matches_eager_and_parallel_forward():
     out = g.generate(prompt, 30, on_progress=seen.append)
     assert sum(seen) == 30 and max(seen) == 6
     assert not bool((out == 4).any())
-    seq = torch.cat([prompt, out], 1)
-    with torch.no_grad():
-        logits = m(seq[:, :-1]).float()
-        logits[..., 4] = float("-inf")
-        ll = torch.log_softmax(logits, -1).gather(2, seq[:, 1:, None])[..., 0][:, 4:].sum(1)
+    ll = parallel_loglik(m, prompt, out, ban=4)
     assert torch.allclose(ll.double(), g.loglik, atol=1e-4)
 
 
@@ -323,11 +330,7 @@ def test_graphed_unet_generation_on_gpu(fused):
                         ban_token=256, loglik=True, max_tokens=600)
     out = g.generate(prompt, 600)
     assert not bool((out == 256).any())
-    seq = torch.cat([prompt, out], 1)
-    with torch.no_grad():
-        logits = m(seq[:, :-1]).float()
-        logits[..., 256] = float("-inf")
-        ll = torch.log_softmax(logits, -1).gather(2, seq[:, 1:, None])[..., 0][:, 20:].sum(1)
+    ll = parallel_loglik(m, prompt, out, ban=256)
     assert torch.allclose(ll.double(), g.loglik, rtol=1e-4)
     g.reset(seed=5)
     first = g.generate(prompt, 300)
