@@ -1,7 +1,7 @@
 """The Mamba mixer (selective SSM layer), with mamba_ssm's parameter names, shapes and init.
 
     hidden (B, L, d_model)
-      -> in_proj -> x, z          (B, d_inner, L) each
+      -> in_proj -> x, z          (B, d_inner, L) each, unit stride along L
       -> causal depthwise conv1d + SiLU on x
       -> x_proj(x) -> dt (rank R), B, C (N each);  delta = dt_proj.weight @ dt
       -> selective scan: softplus(delta + dt_proj.bias), A = -exp(A_log), D skip, SiLU(z) gate
@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 from seqmamba import kernels
 from seqmamba.config import ModelConfig
+
+from .channel_linear import channel_linear, from_channels, to_channels
 
 def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     """y such that softplus(y) == x (x > 0), computed stably as x + log(1 - exp(-x))."""
@@ -93,7 +95,9 @@ class MambaMixer(nn.Module):
         With ``layer_cache`` the sequence continues from the cached conv/SSM states, which are
         overwritten with the states after the last position (prompt prefill).
         """
-        xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2*d_inner, L)
+        # channel-major (B, channels, L) from in_proj to out_proj: the kernels' layout (unit
+        # stride along L), reached without transposing copies (see channel_linear)
+        xz = to_channels(hidden, self.in_proj.weight, self.in_proj.bias)  # (B, 2*d_inner, L)
         x, z = xz.chunk(2, dim=1)
         if layer_cache is None:
             x = kernels.causal_conv1d_fn(x, self._conv_weight(), self.conv1d.bias, activation="silu")
@@ -103,11 +107,9 @@ class MambaMixer(nn.Module):
                 activation="silu", return_final_state=True)
             layer_cache.conv_state.copy_(conv_state)
 
-        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias in scan
-        B = B.transpose(1, 2).contiguous()  # (B, N, L)
-        C = C.transpose(1, 2).contiguous()
+        x_dbl = channel_linear(x, self.x_proj.weight)  # (B, R + 2N, L)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=1)
+        delta = channel_linear(dt, self.dt_proj.weight)  # (B, d_inner, L); bias added in the scan
         A = -torch.exp(self.A_log.float())
         y = kernels.selective_scan_fn(
             x, delta, A, B, C, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
@@ -116,7 +118,7 @@ class MambaMixer(nn.Module):
         if layer_cache is not None:
             y, last_state = y
             layer_cache.ssm_state.copy_(last_state)
-        return self.out_proj(y.transpose(1, 2))
+        return from_channels(y, self.out_proj.weight, self.out_proj.bias)
 
     def step(self, hidden: torch.Tensor, layer_cache) -> torch.Tensor:
         """One token: hidden (B, d_model) -> (B, d_model); layer_cache is updated in place.
