@@ -158,21 +158,12 @@ def main(argv=None):
         plans = [("default", None)]
         if args.sweep:  # backward variants (the forward plan is kept)
             dev = torch.device("cuda")
-            for label, kw in (("bwd 32 ch/program 3/SM", dict(bwd_channels=None)),
-                              ("bwd 8 ch 16/SM", dict(bwd_channels=8, bwd_programs_per_sm=16)),
-                              ("bwd 8 ch 24/SM", dict(bwd_channels=8)),
-                              ("bwd 8 ch ckpt16", dict(bwd_channels=8, ckpt=16)),
-                              ("bwd 4 ch 16/SM", dict(bwd_channels=4)),
-                              ("bwd 4 ch 32/SM", dict(bwd_channels=4, bwd_programs_per_sm=32)),
-                              ("bwd 2 ch 32/SM", dict(bwd_channels=2, bwd_programs_per_sm=32)),
-                              ("steps4 8 ch 24/SM", dict(bwd_channels=8, bwd_steps=4)),
-                              ("steps2 8 ch 24/SM", dict(bwd_channels=8, bwd_steps=2)),
-                              ("steps2 8 ch 32/SM", dict(bwd_channels=8, bwd_steps=2,
-                                                         bwd_programs_per_sm=32)),
-                              ("steps2 4 ch 16/SM", dict(bwd_channels=4, bwd_steps=2)),
-                              ("atomic dB/dC, default plan", dict(bwd_bc_atomic=True)),
-                              ("atomic dB/dC, steps2 8 ch", dict(bwd_channels=8, bwd_steps=2,
-                                                                 bwd_bc_atomic=True)),
+            for label, kw in (("bwd 8 ch 32/SM", dict(bwd_channels=8, bwd_programs_per_sm=32)),
+                              ("bwd 32 ch 6/SM", dict(bwd_programs_per_sm=6)),
+                              ("bwd 32 ch 12/SM", dict(bwd_programs_per_sm=12)),
+                              ("bwd 32 ch 1-step tiles", dict(bwd_steps=1)),
+                              ("bwd 32 ch ckpt 64", dict(ckpt=64)),
+                              ("bwd 32 ch atomic dB/dC", dict(bwd_bc_atomic=True)),
                               ("fwd 12 warps/SM", dict(fwd_warps_per_sm=12))):
                 plans.append((label, plan_config(batch, dim, L, N_STATE, dev, **kw)))
         for label, cfg in plans:

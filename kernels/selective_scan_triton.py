@@ -14,9 +14,10 @@ put time across lanes and cost ~15x more instructions.
   (same kernel, STATE_ONLY) scans each chunk from a zero state, keeping its end state and delta sum;
   ``_fwd_combine_kernel`` chains the carries (h_next = exp(A sum delta) h + h_local); pass 3 rescans
   each chunk from its true start.
-* Backward (``_bwd_kernel``): walks its chunk from the end, one checkpoint block at a time: rescan
-  the block forward from its checkpoint, keeping the state entering each tile in a per-program
-  scratch (L2), then run the tiles in reverse: recompute the tile's states, run the adjoint
+* Backward (``_bwd_kernel`` in selective_scan_bwd_triton, from the per-step helpers here): walks
+  its chunk from the end, one checkpoint block at a time: rescan the block forward from its
+  checkpoint, keeping the state entering each tile of 2 steps in a per-program scratch (L2), then
+  run the tiles in reverse: recompute the tile's states, run the adjoint
   lam_t = C_t dy_t + exp(delta_{t+1} A) lam_{t+1} step by step, and form every gradient. dA, dD,
   d(delta_bias) and time-invariant dB/dC accumulate per thread over the whole chunk; variable dB/dC
   sum over channels, i.e. across lanes, which ``_chan_sum`` does on tensor cores (z @ ones through
@@ -503,192 +504,6 @@ def _tile_step_bwd(lam, a_nx, ha, A2, d, e, y, k, m, Bd, Cd, B_row2, C_row2, dB_
     return lam, dA_acc, dBf, q, r
 
 
-@triton.jit
-def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, t0, tend, dmask, nmask2, A2, bias, Bd, Cd, Dd,
-              dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row, B_row2, C_row2, dB_row, dC_row,
-              gmask_B, gmask_C, IND_B, IND_C,
-              N: tl.constexpr, GSUB_B: tl.constexpr, GSUB_C: tl.constexpr, SUM_MODE: tl.constexpr,
-              MASKED: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr,
-              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr,
-              C_VAR: tl.constexpr):
-    """Backward through the 4 steps [t0, t0 + 4) (those < tend if MASKED), from the state h entering them.
-
-    lam / a_nx: adjoint of the step after the tile and that step's decay; returns them for the
-    tile's first step, the per-thread accumulators, and the tile's dy*u and ddelta (for dD, dbias).
-    Variable dB/dC rows ([NP, groups] pointers at step 0) get this program's channel sums per step.
-    """
-    tt = tl.arange(0, 4)[None, None, :]
-    if MASKED:
-        m = (t0 + tt < tend) & dmask
-        m0, m1, m2, m3 = nmask2 & (t0 < tend), nmask2 & (t0 + 1 < tend), nmask2 & (t0 + 2 < tend), \
-            nmask2 & (t0 + 3 < tend)
-    else:
-        m = dmask
-        m0, m1, m2, m3 = nmask2, nmask2, nmask2, nmask2
-    dt, x = _load_delta(dt_row + t0, m, bias, HAS_BIAS, SOFTPLUS)
-    uu = tl.load(u_row + t0, mask=m, other=0.0).to(tl.float32)
-    gg = tl.load(g_row + t0, mask=m, other=0.0).to(tl.float32)
-    dtu = dt * uu
-    d0, d1, d2, d3 = _split4(dt)
-    e0, e1, e2, e3 = _split4(dtu)
-    # dy = dout * silu(z) needs no state; dz = dout * y * silu'(z) needs y, summed per step below
-    if HAS_Z:
-        zz = tl.load(z_row + t0, mask=m, other=0.0).to(tl.float32)
-        sz = tl.sigmoid(zz)
-        dy = gg * zz * sz
-        gz = gg * sz * (1.0 + zz * (1.0 - sz))
-    else:
-        dy = gg
-    y0, y1, y2, y3 = _split4(dy)
-    k0, k1, k2, k3 = t0 * N, (t0 + 1) * N, (t0 + 2) * N, (t0 + 3) * N
-    # forward through the tile. Kept for the way back: a_t and ha_t = a_t h_{t-1} (the gradient of
-    # a_t is lam_t h_{t-1}); dC_t = dy_t h_t is reduced on the spot so h_t is not kept
-    h, a0, ha0, s0, dCf = _tile_step_fwd(h, A2, d0, e0, y0, k0, m0, Bd, Cd, B_row2, C_row2, dC_row,
-                                         dCf, gmask_C, IND_C, GSUB_C, SUM_MODE, B_VAR, C_VAR)
-    h, a1, ha1, s1, dCf = _tile_step_fwd(h, A2, d1, e1, y1, k1, m1, Bd, Cd, B_row2, C_row2, dC_row,
-                                         dCf, gmask_C, IND_C, GSUB_C, SUM_MODE, B_VAR, C_VAR)
-    h, a2, ha2, s2, dCf = _tile_step_fwd(h, A2, d2, e2, y2, k2, m2, Bd, Cd, B_row2, C_row2, dC_row,
-                                         dCf, gmask_C, IND_C, GSUB_C, SUM_MODE, B_VAR, C_VAR)
-    h, a3, ha3, s3, dCf = _tile_step_fwd(h, A2, d3, e3, y3, k3, m3, Bd, Cd, B_row2, C_row2, dC_row,
-                                         dCf, gmask_C, IND_C, GSUB_C, SUM_MODE, B_VAR, C_VAR)
-    if HAS_Z:
-        y = _join4(s0, s1, s2, s3)
-        if HAS_D:
-            y += Dd * uu
-        tl.store(dz_row + t0, (gz * y).to(dz_row.dtype.element_ty), mask=m)
-    # adjoint, backwards through the tile: lam_t = C_t dy_t + a_{t+1} lam_{t+1}
-    lam, dA_acc, dBf, q3, r3 = _tile_step_bwd(lam, a_nx, ha3, A2, d3, e3, y3, k3, m3, Bd, Cd,
-                                              B_row2, C_row2, dB_row, dA_acc, dBf, gmask_B, IND_B,
-                                              GSUB_B, SUM_MODE, B_VAR, C_VAR)
-    lam, dA_acc, dBf, q2, r2 = _tile_step_bwd(lam, a3, ha2, A2, d2, e2, y2, k2, m2, Bd, Cd,
-                                              B_row2, C_row2, dB_row, dA_acc, dBf, gmask_B, IND_B,
-                                              GSUB_B, SUM_MODE, B_VAR, C_VAR)
-    lam, dA_acc, dBf, q1, r1 = _tile_step_bwd(lam, a2, ha1, A2, d1, e1, y1, k1, m1, Bd, Cd,
-                                              B_row2, C_row2, dB_row, dA_acc, dBf, gmask_B, IND_B,
-                                              GSUB_B, SUM_MODE, B_VAR, C_VAR)
-    lam, dA_acc, dBf, q0, r0 = _tile_step_bwd(lam, a1, ha0, A2, d0, e0, y0, k0, m0, Bd, Cd,
-                                              B_row2, C_row2, dB_row, dA_acc, dBf, gmask_B, IND_B,
-                                              GSUB_B, SUM_MODE, B_VAR, C_VAR)
-    lB = _join4(q0, q1, q2, q3)
-    ddt = lB * uu + _join4(r0, r1, r2, r3) * LN2  # A2 = A log2(e)
-    du = lB * dt
-    if HAS_D:
-        du += Dd * dy
-    if SOFTPLUS:
-        ddt = ddt * tl.sigmoid(x)
-    ddt = tl.where(m, ddt, 0.0)
-    tl.store(du_row + t0, du.to(du_row.dtype.element_ty), mask=m)
-    tl.store(ddt_row + t0, ddt.to(ddt_row.dtype.element_ty), mask=m)
-    return h, lam, a0, dA_acc, dBf, dCf, dy * uu, ddt
-
-
-@triton.jit
-def _bwd_kernel(
-    u_ptr, dt_ptr, z_ptr, g_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ck_ptr, lam_ptr, scr_ptr,
-    du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dinit_ptr,
-    s_ub, s_ud, s_tb, s_td, s_zb, s_zd, s_gb, s_gd, s_xb, s_xd,
-    s_Bb, s_Bg, s_Cb, s_Cg,
-    L, dim, cpg_B, cpg_C, CH, CKPT, n_ck,
-    N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, GSUB_B: tl.constexpr,
-    GSUB_C: tl.constexpr, GP_B: tl.constexpr, GP_C: tl.constexpr, SUM_MODE: tl.constexpr,
-    HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr,
-):
-    """Backward of chunk c of BD channels of one batch row, walking the chunk from its end.
-
-    Per checkpoint block (CKPT steps) it rescans the block forward from its checkpoint, keeping the
-    state entering every tile in this program's scratch (L2-resident), then runs the tiles in
-    reverse. du, ddelta, dz are contiguous (batch, dim, L) (strides s_xb, s_xd). dB/dC of variable
-    B/C are written as partial sums over this program's channels: (parts, batch, groups, L, N).
-    """
-    pid_d = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    c = tl.program_id(2)
-    n_chunks = tl.num_programs(2)
-    n, d, tt, n2, d2, dmask, nmask, dn2, d64, A2, bias, Dd = _tile_program(
-        A_ptr, bias_ptr, D_ptr, pid_d, dim, N, NP, BD, HAS_BIAS, HAS_D)
-    nmask2 = n2 < N
-    dt_row = dt_ptr + b * s_tb + d64 * s_td + tt
-    u_row = u_ptr + b * s_ub + d64 * s_ud + tt
-    z_row = z_ptr + b * s_zb + d64 * s_zd + tt
-    g_row = g_ptr + b * s_gb + d64 * s_gd + tt
-    du_row = du_ptr + b * s_xb + d64 * s_xd + tt
-    ddt_row = ddt_ptr + b * s_xb + d64 * s_xd + tt
-    dz_row = dz_ptr + b * s_xb + d64 * s_xd + tt
-    n_b = tl.num_programs(1)
-    d0 = pid_d * BD
-    # [NP, 1, 4] B/C tiles for the forward rescan
-    if GSUB_B < BD:
-        gb = tl.minimum(d // cpg_B, dim // cpg_B - 1)
-    else:
-        gb = d0 // cpg_B
-    if GSUB_C < BD:
-        gc = tl.minimum(d // cpg_C, dim // cpg_C - 1)
-    else:
-        gc = d0 // cpg_C
-    B_row = B_ptr + b * s_Bb + gb * s_Bg + tt * N + n
-    C_row = C_ptr + b * s_Cb + gc * s_Cg + tt * N + n
-    B_row2, C_row2, Bd, Cd, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C = _bwd_bc_rows(
-        B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, cpg_B, cpg_C, s_Bb, s_Bg,
-        s_Cb, s_Cg, N, BD, GSUB_B, GSUB_C, GP_B, GP_C, SUM_MODE, B_VAR, C_VAR)
-    ck_row = ck_ptr + b * (n_ck + 1) * dim * N + d2 * N + n2  # + k * dim * N
-    # this program's scratch: the states entering the CKPT / 4 tiles of a block, [BD, NP] each
-    scr_row = scr_ptr + ((pid_d * n_b + b) * n_chunks + c).to(tl.int64) * (CKPT // 4) * BD * NP \
-        + (d2 - d0) * NP + n2
-    t_begin = c * CH
-    t_end = tl.minimum(t_begin + CH, L)
-    lam = tl.load(lam_ptr + ((b * n_chunks + c) * dim + d2) * N + n2, mask=dn2, other=0.0)
-    d_nx, _ = _load_delta(dt_row + t_end, (tt == 0) & (t_end < L) & dmask, bias, HAS_BIAS, SOFTPLUS)
-    a_nx = tl.exp2(A2 * tl.reshape(tl.sum(d_nx, axis=2), [1, BD]))
-    dA_acc = tl.zeros([NP, BD], dtype=tl.float32)
-    dBf = tl.zeros([NP, BD], dtype=tl.float32)
-    dCf = tl.zeros([NP, BD], dtype=tl.float32)
-    dD_acc = tl.zeros([1, BD, 4], dtype=tl.float32)
-    db_acc = tl.zeros([1, BD, 4], dtype=tl.float32)
-    n_blk = tl.cdiv(t_end - t_begin, CKPT)
-    for ib in range(0, n_blk):
-        s0 = t_begin + (n_blk - 1 - ib) * CKPT
-        s1 = tl.minimum(s0 + CKPT, t_end)
-        s_full = s0 + ((s1 - s0) // 4) * 4
-        h = tl.load(ck_row + (s0 // CKPT).to(tl.int64) * dim * N, mask=dn2, other=0.0)
-        # forward over the block: the state entering every tile goes to scratch
-        for t0 in range(s0, s_full, 4):
-            tl.store(scr_row + ((t0 - s0) // 4) * BD * NP, h)
-            h, _ = _fwd_tile(h, t0, tt >= 0, dmask, nmask, A2, bias, Bd, Cd, Dd, dt_row, u_row,
-                             z_row, z_row, B_row, C_row, N, False, True, HAS_Z, HAS_D, HAS_BIAS,
-                             SOFTPLUS, B_VAR, C_VAR)
-        if s_full < s1:
-            tl.store(scr_row + ((s_full - s0) // 4) * BD * NP, h)
-        tl.debug_barrier()
-        # backward over the block's tiles
-        if s_full < s1:
-            h = tl.load(scr_row + ((s_full - s0) // 4) * BD * NP)
-            h, lam, a_nx, dA_acc, dBf, dCf, pd, pb = _bwd_tile(
-                h, lam, a_nx, dA_acc, dBf, dCf, s_full, s1, dmask, nmask2, A2,
-                bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row, B_row2,
-                C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C, N, GSUB_B, GSUB_C,
-                SUM_MODE, True, HAS_Z, HAS_D, HAS_BIAS,
-                SOFTPLUS, B_VAR, C_VAR)
-            dD_acc += pd
-            db_acc += pb
-        n_t = (s_full - s0) // 4
-        for j in range(0, n_t):
-            t0 = s_full - 4 - 4 * j
-            h = tl.load(scr_row + ((t0 - s0) // 4) * BD * NP)
-            h, lam, a_nx, dA_acc, dBf, dCf, pd, pb = _bwd_tile(
-                h, lam, a_nx, dA_acc, dBf, dCf, t0, s1, dmask, nmask2, A2,
-                bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row, B_row2,
-                C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C, N, GSUB_B, GSUB_C,
-                SUM_MODE, False, HAS_Z, HAS_D, HAS_BIAS,
-                SOFTPLUS, B_VAR, C_VAR)
-            dD_acc += pd
-            db_acc += pb
-        tl.debug_barrier()  # scratch is rewritten by the next block
-    _bwd_param_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dinit_ptr, dA_acc, dBf, dCf,
-                     dD_acc, db_acc, d, dmask, lam, a_nx, b, c, d2, n2, dn2, dim, N, True, HAS_D,
-                     HAS_BIAS, B_VAR, C_VAR, HAS_INIT)
-
-
 # ----------------------------------------------------------------------------------------------
 # host side
 # ----------------------------------------------------------------------------------------------
@@ -701,14 +516,13 @@ class ScanConfig:
     bwd_warps: int  # backward channels per program = 32 * bwd_warps (fewer if B/C groups need it)
     bwd_chunk: int  # backward chunk length (multiple of ckpt)
     # backward channels per program when fewer than a warp's 32 (a power of 2): the lanes of a
-    # warp then share a channel's states, so each thread holds fewer of them (at 8 channels the
-    # backward compiles with ~no spills, at 32 with ~9 KB per thread); None: 32 * bwd_warps
+    # warp then share a channel's states, so each thread holds fewer of them; None: 32 * bwd_warps
     bwd_channels: Optional[int] = None
-    # 2 or 4: the step-wise backward (selective_scan_bwd_steps_triton) with tiles of that many
-    # steps (2-D tensors only, fewer registers); 0: the kernel below. Untimed, so off by default
-    bwd_steps: int = 0
+    # backward tile: steps whose decays stay in registers between the tile's forward and adjoint
+    # passes (1 or 2; more steps, fewer scratch states, more registers)
+    bwd_steps: int = 2
     # variable dB/dC summed over channel blocks with atomic adds into one buffer instead of one
-    # partial sum per block (dim / channels of them); untimed, so off by default
+    # partial sum per block (dim / channels of them): less memory, run-to-run rounding differences
     bwd_bc_atomic: bool = False
 
 
@@ -725,32 +539,26 @@ def _chunk(L, ckpt, programs_per_chunk, want_programs):
 
 
 def plan_config(batch, dim, L, N, device, *, fwd_warps=1, fwd_warps_per_sm=24, ckpt=None,
-                bwd_warps=1, bwd_programs_per_sm=None, bwd_channels="auto",
-                bwd_steps=0, bwd_bc_atomic=False) -> ScanConfig:
+                bwd_warps=1, bwd_programs_per_sm=8, bwd_channels=None,
+                bwd_steps=2, bwd_bc_atomic=None) -> ScanConfig:
     """Heuristic launch shape (measured on an H100 with Triton 3.6, see BENCHMARKS.md).
 
     Forward: one-warp programs and enough chunks for ~24 warps per SM; more chunks cost a state
-    pass, fewer leave the exp units idle. Backward: one-warp programs of 8 channels (4 lanes
-    share a channel) and ~24 programs per SM, or of 4 channels at ~16 per SM from batch * dim >=
-    12288 (the LM shape, where 4 beat 8 by 7%; at 4096 rows 8 beat 4 by 39%; between, untimed,
-    8 is kept); 15-28% faster than one channel per thread
-    (``bwd_channels=None``, best at ~3 programs per SM) on every benchmark shape. Narrow programs
-    need more dB/dC partial sums; past 4 GiB of them the plan goes back to 32 channels.
+    pass, fewer leave the exp units idle. Backward: one-warp programs of 32 channels (a thread
+    owns a channel and all its states), 2-step tiles, enough chunks for ~8 programs per SM (the
+    kernel takes ~255 registers): 6-16% faster than the best of 2-16 channels a program at four
+    of the five benchmark shapes, 1% slower at 1 x 256 x 2^20 (sweep of 2026-11-25). Variable
+    dB/dC are summed through one (batch, L, N) fp32 partial per channel block; past 4 GiB of them
+    (e.g. dim 8192 at L = 2^20) atomic adds into one buffer take over (``bwd_bc_atomic=None``).
     """
     sms = _sm_count(device)
     ckpt = ckpt or (64 if L >= 65536 else 32)
     fwd_chunk = _chunk(L, ckpt, batch * triton.cdiv(dim, 32 * fwd_warps),
                        fwd_warps_per_sm * sms // fwd_warps)
-    if bwd_channels == "auto":
-        bwd_channels = 4 if batch * dim >= 12288 else 8
-        # variable dB/dC are summed through a (dim / channels, batch, L, N) fp32 buffer each: past
-        # 4 GiB (e.g. dim 1024 at L = 2^20) the narrow programs would cost more memory than speed
-        if not bwd_bc_atomic and dim // bwd_channels * batch * L * N * 4 > _PARTIALS_MAX_BYTES:
-            bwd_channels = None
-    if bwd_programs_per_sm is None:
-        bwd_programs_per_sm = {4: 16, 8: 24}.get(bwd_channels, 3)
-    bwd_chunk = _chunk(L, ckpt, batch * triton.cdiv(dim, bwd_channels or 32 * bwd_warps),
-                       bwd_programs_per_sm * sms)
+    channels = bwd_channels or 32 * bwd_warps
+    if bwd_bc_atomic is None:
+        bwd_bc_atomic = triton.cdiv(dim, channels) * batch * L * N * 4 > _PARTIALS_MAX_BYTES
+    bwd_chunk = _chunk(L, ckpt, batch * triton.cdiv(dim, channels), bwd_programs_per_sm * sms)
     return ScanConfig(fwd_warps, fwd_chunk, ckpt, bwd_warps, bwd_chunk, bwd_channels, bwd_steps,
                       bwd_bc_atomic)
 
@@ -831,8 +639,8 @@ def _check_config(cfg):
     if ch is not None and (not isinstance(ch, int) or ch < 1 or ch > 32 * cfg.bwd_warps
                            or ch & (ch - 1)):
         raise ValueError(f"bad ScanConfig {cfg}: bwd_channels must be a power of 2 <= 32 * bwd_warps")
-    if cfg.bwd_steps not in (0, 2, 4):
-        raise ValueError(f"bad ScanConfig {cfg}: bwd_steps must be 0, 2 or 4")
+    if cfg.bwd_steps not in (1, 2):
+        raise ValueError(f"bad ScanConfig {cfg}: bwd_steps must be 1 or 2")
 
 
 def _forward(P, u, delta, z, initial_state, cfg, ckpt):
@@ -930,13 +738,11 @@ def _backward(P, u, delta, z, dout, ck, dlast, need_dinit, cfg):
         _bwd_combine_kernel[(triton.cdiv(dim * N, BLOCK), batch)](
             lam, lloc, sdt, P.A, dim, n_chunks, N=N, BLOCK=BLOCK, num_warps=4)
     n_dblk = triton.cdiv(dim, BD)
-    tile = cfg.bwd_steps or 4  # steps per tile; scratch holds the state entering each
-    scratch = torch.empty((n_dblk * batch * n_chunks * (cfg.ckpt // tile) * BD * NP,), **f32)
-    kernel, extra = _bwd_kernel, {}
-    if cfg.bwd_steps:
-        from .selective_scan_bwd_steps_triton import _bwd_steps_kernel as kernel
-        extra = dict(TILE=tile)
-    kernel[(n_dblk, batch, n_chunks)](
+    from .selective_scan_bwd_triton import _bwd_kernel  # it imports this module's helpers
+    tile = cfg.bwd_steps  # steps per tile; scratch holds the state entering each
+    scratch = torch.empty((n_dblk * batch * n_chunks * triton.cdiv(cfg.ckpt, tile) * BD * NP,),
+                          **f32)
+    _bwd_kernel[(n_dblk, batch, n_chunks)](
         u, delta, zz, dout, P.A, P.Bf, P.Cf, dummy if P.D is None else P.D, bias, ck, lam, scratch,
         du, ddelta, dz if dz is not None else du, dA, dB, dC,
         dD if dD is not None else dA, dbias if dbias is not None else dA,
@@ -947,7 +753,7 @@ def _backward(P, u, delta, z, dout, ck, dlast, need_dinit, cfg):
         N=N, NP=NP, BD=BD, GSUB_B=gsub_B, GSUB_C=gsub_C, GP_B=gp_B, GP_C=gp_C, SUM_MODE=sum_mode,
         HAS_Z=z is not None,
         HAS_D=P.D is not None, HAS_BIAS=P.bias is not None, SOFTPLUS=P.softplus, B_VAR=P.B_var,
-        C_VAR=P.C_var, HAS_INIT=need_dinit, num_warps=max(1, BD // 32), **extra)
+        C_VAR=P.C_var, HAS_INIT=need_dinit, TILE=tile, num_warps=max(1, BD // 32))
     if P.B_var:  # partial sums over channel blocks -> (batch, groups, N, L)
         dB = (dB.sum(0) if dB.shape[0] > 1 else dB[0]).transpose(-1, -2)
     if P.C_var:

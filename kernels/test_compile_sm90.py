@@ -25,7 +25,7 @@ try:
 except ImportError:  # pragma: no cover
     pytest.skip("no GPUTarget in this Triton", allow_module_level=True)
 
-from seqmamba.kernels import selective_scan_bwd_steps_triton as steps  # noqa: E402
+from seqmamba.kernels import selective_scan_bwd_triton as bwd  # noqa: E402
 from seqmamba.kernels import selective_scan_triton as scan  # noqa: E402
 
 BF16_ROWS = {"u_ptr", "dt_ptr", "z_ptr", "g_ptr", "out_ptr", "du_ptr", "ddt_ptr", "dz_ptr"}
@@ -67,11 +67,10 @@ CASES = {
     "adjoint carry pass": (scan._bwd_state_kernel,
                            dict(N=16, NP=16, BD=32, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True,
                                 C_VAR=True, C_GRP=False)),
-    "backward, 4 channels": (scan._bwd_kernel, bwd_consts(4, 0)),
-    "backward, 8 channels, atomic dB/dC": (scan._bwd_kernel, bwd_consts(8, 4)),
-    "backward, 32 channels, tensor-core sums": (scan._bwd_kernel, bwd_consts(32, 1)),
-    "step-wise backward, 2-step tiles": (steps._bwd_steps_kernel, bwd_consts(8, 0, TILE=2)),
-    "step-wise backward, 4-step tiles, atomic": (steps._bwd_steps_kernel, bwd_consts(8, 4, TILE=4)),
+    "backward, 32 channels, tensor-core sums": (bwd._bwd_kernel, bwd_consts(32, 1, TILE=2)),
+    "backward, 32 channels, atomic, 1-step tiles": (bwd._bwd_kernel, bwd_consts(32, 5, TILE=1)),
+    "backward, 4 channels, shuffle sums": (bwd._bwd_kernel, bwd_consts(4, 0, TILE=2)),
+    "backward, 8 channels, atomic": (bwd._bwd_kernel, bwd_consts(8, 4, TILE=2)),
 }
 
 

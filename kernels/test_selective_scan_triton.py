@@ -175,8 +175,9 @@ def test_options(has_z, has_D, has_bias, softplus, cuda_gen):
 @pytest.mark.parametrize("itype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("cfg", [(1, 256, 32, 1, 256), (2, 1024, 64, 1, 128), (4, 64, 16, 1, 32),
                                  (1, 512, 32, 1, 128, 8), (1, 256, 16, 1, 64, 4),
-                                 (1, 512, 32, 1, 128, 8, 4), (1, 512, 32, 1, 128, 8, 2),
-                                 (1, 512, 32, 1, 128, 8, 0, True), (1, 512, 32, 1, 128, 4, 2, True)])
+                                 (1, 512, 32, 1, 128, 8, 1), (1, 512, 32, 1, 128, 8, 2),
+                                 (1, 512, 32, 1, 128, 8, 2, True), (1, 512, 32, 1, 128, 4, 2, True),
+                                 (1, 512, 32, 1, 128, None, 1), (1, 512, 32, 1, 128, 16, 1)])
 def test_chunked_plans(itype, cfg, cuda_gen):
     """Forward and backward split into many chunks (the long-sequence path) at a checkable length."""
     from seqmamba.kernels.selective_scan_triton import ScanConfig
@@ -199,17 +200,18 @@ def test_without_grad_matches_training_forward(cuda_gen):
     assert torch.equal(out, out2) and torch.equal(last, last2)
 
 
-def test_plan_picks_backward_width():
-    """8 channels a backward program, 4 when batch x dim is large, one warp's 32 when the dB/dC
-    partial sums would pass 4 GiB (the plan does not depend on the device beyond its SM count)."""
+def test_plan_backward_shape():
+    """One warp's 32 channels a backward program, 2-step tiles; dB/dC partial sums until they
+    would pass 4 GiB, atomic sums beyond (the plan depends on the device only by its SM count)."""
     from seqmamba.kernels.selective_scan_triton import plan_config
     cpu = torch.device("cpu")
-    assert plan_config(16, 256, 4096, 16, cpu).bwd_channels == 8
-    assert plan_config(8, 1536, 2048, 16, cpu).bwd_channels == 4
-    assert plan_config(1, 512, 1 << 20, 16, cpu).bwd_channels == 8      # 4 GiB of partials: kept
-    assert plan_config(1, 1024, 1 << 20, 16, cpu).bwd_channels is None  # 8 GiB: one warp's 32
-    assert plan_config(1, 1024, 1 << 20, 16, cpu, bwd_channels=8).bwd_channels == 8
-    assert plan_config(1, 1024, 1 << 20, 16, cpu, bwd_bc_atomic=True).bwd_channels == 8  # no partials
+    for shape in ((16, 256, 4096), (8, 1536, 2048), (1, 512, 1 << 20)):
+        cfg = plan_config(*shape, 16, cpu)
+        assert (cfg.bwd_channels, cfg.bwd_steps, cfg.bwd_bc_atomic) == (None, 2, False)
+    assert plan_config(1, 4096, 1 << 20, 16, cpu).bwd_bc_atomic      # 8 GiB of partials
+    assert not plan_config(1, 2048, 1 << 20, 16, cpu).bwd_bc_atomic  # 4 GiB: kept
+    assert not plan_config(1, 4096, 1 << 20, 16, cpu, bwd_bc_atomic=False).bwd_bc_atomic
+    assert plan_config(1, 512, 1 << 20, 16, cpu, bwd_channels=8).bwd_channels == 8
 
 
 def test_rejects_bad_shapes():
@@ -239,14 +241,16 @@ INTERPRETER_CASES = [
     (1, 40, 29, 16, "float32", "varB", 1, "all", (2, 12, 4, 1, 8)),     # two channel blocks
     (1, 3, 1, 20, "float32", "varC", 1, "all", None),                   # L = 1, padded N
     (2, 24, 41, 16, "bfloat16", "var", 1, "all", (1, 16, 8, 1, 16, 8)),  # 8 channels a backward program
-    # the step-wise backward: narrow and full-warp programs, groups, fixed B/C, partial tiles
-    (2, 16, 70, 16, "float32", "var", 1, "all", (1, 32, 16, 1, 32, 8, 4)),
+    # backward programs narrower than a warp, groups, fixed B/C, partial tiles, 1-step tiles
+    (2, 16, 70, 16, "float32", "var", 1, "all", (1, 32, 16, 1, 32, 8, 1)),
     (1, 32, 45, 16, "float32", "var", 2, "all", (1, 64, 16, 1, 48, None, 2)),
-    (2, 8, 33, 16, "float32", "fixed", 1, "none", (1, 64, 8, 1, 16, 8, 4)),
+    (2, 8, 33, 16, "float32", "fixed", 1, "none", (1, 64, 8, 1, 16, 8, 2)),
     (2, 12, 51, 8, "bfloat16", "varC", 1, "all", (1, 64, 8, 1, 24, 4, 2)),
     (2, 16, 41, 16, "float16", "var", 4, "all", (1, 64, 8, 1, 16, 8, 2)),
-    # dB/dC channel-block sums by atomic adds (several blocks, groups; both backward kernels)
-    (1, 40, 29, 16, "float32", "var", 1, "all", (2, 12, 4, 1, 8, None, 0, True)),
+    (1, 32, 45, 16, "float32", "var", 2, "all", (1, 64, 16, 1, 48, None, 1)),  # one-step tiles
+    (2, 16, 37, 16, "bfloat16", "var", 1, "all", (1, 32, 8, 1, 16, 16, 1)),
+    # dB/dC channel-block sums by atomic adds (several blocks, groups)
+    (1, 40, 29, 16, "float32", "var", 1, "all", (2, 12, 4, 1, 8, None, 2, True)),
     (2, 32, 43, 16, "float32", "var", 2, "all", (1, 64, 8, 1, 16, 8, 2, True)),
 ]
 

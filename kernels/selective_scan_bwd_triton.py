@@ -1,16 +1,19 @@
-"""Scan backward, step-wise variant (``ScanConfig(bwd_steps=2 or 4)``): the same algorithm as
-``selective_scan_triton._bwd_kernel`` (rescan each checkpoint block forward keeping the state at
-every tile of 2 or 4 steps, then run the tiles in reverse), written one time step at a time.
+"""Fused Triton selective scan, backward: ``_bwd_kernel`` (launched by selective_scan_triton).
 
-Why a second form: the main backward loads each channel's 4 steps as one [1, BD, 4] vector, and
-Triton's layout pass then spreads those 4 steps over lanes; the [NP, BD, 4] state tiles inherit
-that layout, so with 8 channels a program the 4 lanes of a channel each hold all 16 states and
-repeat the same recurrence (255 registers a thread, see BENCHMARKS.md). Here every tensor is 2-D:
-states [NP, BD] (4 lanes x 4 states per channel, from the checkpoint load), per-channel steps
-[1, BD], B/C steps [NP, 1]. Compiled for sm_90 by Triton 3.6 (8 channels a program): 128
-registers with 2-step tiles, 189 with 4, no spills, against 255 for the main kernel. The price is
-one scalar load per channel, row and step instead of one 8-byte load per 4 steps. Not yet timed
-on a GPU; the benchmark sweep includes it.
+Algorithm (selective_scan_triton's docstring has the whole picture): each program walks its chunk
+of time from the end, one checkpoint block at a time. It rescans the block forward from its
+checkpoint, storing the state entering every tile of TILE steps in its scratch (L2-resident),
+then runs the tiles in reverse: forward through the tile from its stored state, keeping each
+step's decay in registers, then the adjoint back through it, writing du, ddelta, dz and the
+channel sums of dB/dC step by step.
+
+Written one time step at a time with 2-D tensors only: states [NP, BD], per-channel values
+[1, BD], B/C rows [NP, 1]. An earlier kernel loaded 4 steps of a channel as one [1, BD, 4] vector;
+Triton then spread the 4 steps over lanes, each lane repeated the whole recurrence, and the kernel
+needed 2-3x the instructions (BENCHMARKS.md, session 9). The plan runs 32 channels a program (a
+thread owns one channel and its 16 states) with 2-step tiles: fastest of 1/2/4-step tiles at
+2-32 channels on four of the five benchmark shapes (sweep of 2026-11-25; 4-step tiles spilled
+at 32 channels and ran 3-4x slower, so they were dropped).
 """
 from __future__ import annotations
 
@@ -87,55 +90,34 @@ def _step_masks(t, tend, dmask, nmask2, MASKED: tl.constexpr):
 
 
 @triton.jit
-def _bwd_steps_tile(h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, t0, tend, dmask, nmask2, A2,
+def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, t0, tend, dmask, nmask2, A2,
                     bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row,
                     B_row2, C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C,
                     N: tl.constexpr, GSUB_B: tl.constexpr, GSUB_C: tl.constexpr,
                     SUM_MODE: tl.constexpr, TILE: tl.constexpr, MASKED: tl.constexpr,
                     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
                     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
-    """Steps [t0, t0 + TILE) (those < tend if MASKED), TILE 2 or 4: forward from h, keeping each
+    """Steps [t0, t0 + TILE) (those < tend if MASKED), TILE 1 or 2: forward from h, keeping each
     step's decay and inputs in registers, then back from lam. A longer tile stores fewer states
     to scratch but keeps more values live (sm_90, 8 channels: 128 registers at 2, 189 at 4)."""
     m0, k0 = _step_masks(t0, tend, dmask, nmask2, MASKED)
-    m1, k1 = _step_masks(t0 + 1, tend, dmask, nmask2, MASKED)
     h, a0, ha0, d0, x0, u0, y0, dCf = _in_step(
         h, t0, m0, k0, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2, C_row2,
         dC_row, dCf, gmask_C, IND_C, N, GSUB_C, SUM_MODE, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR,
         C_VAR)
-    h, a1, ha1, d1, x1, u1, y1, dCf = _in_step(
-        h, t0 + 1, m1, k1, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2,
-        C_row2, dC_row, dCf, gmask_C, IND_C, N, GSUB_C, SUM_MODE, HAS_Z, HAS_D, HAS_BIAS,
-        SOFTPLUS, B_VAR, C_VAR)
-    if TILE == 4:
-        m2, k2 = _step_masks(t0 + 2, tend, dmask, nmask2, MASKED)
-        m3, k3 = _step_masks(t0 + 3, tend, dmask, nmask2, MASKED)
-        h, a2, ha2, d2, x2, u2, y2, dCf = _in_step(
-            h, t0 + 2, m2, k2, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2,
+    if TILE >= 2:
+        m1, k1 = _step_masks(t0 + 1, tend, dmask, nmask2, MASKED)
+        h, a1, ha1, d1, x1, u1, y1, dCf = _in_step(
+            h, t0 + 1, m1, k1, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2,
             C_row2, dC_row, dCf, gmask_C, IND_C, N, GSUB_C, SUM_MODE, HAS_Z, HAS_D, HAS_BIAS,
             SOFTPLUS, B_VAR, C_VAR)
-        h, a3, ha3, d3, x3, u3, y3, dCf = _in_step(
-            h, t0 + 3, m3, k3, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2,
-            C_row2, dC_row, dCf, gmask_C, IND_C, N, GSUB_C, SUM_MODE, HAS_Z, HAS_D, HAS_BIAS,
-            SOFTPLUS, B_VAR, C_VAR)
+    if TILE >= 2:
         lam, a_nx, dA_acc, dBf, pd, pb = _out_step(
-            lam, a_nx, a3, ha3, d3, x3, u3, y3, dA_acc, dBf, t0 + 3, m3, k3, A2, Bd, Cd, Dd,
+            lam, a_nx, a1, ha1, d1, x1, u1, y1, dA_acc, dBf, t0 + 1, m1, k1, A2, Bd, Cd, Dd,
             du_row, ddt_row, B_row2, C_row2, dB_row, gmask_B, IND_B, N, GSUB_B, SUM_MODE, HAS_D,
             SOFTPLUS, B_VAR, C_VAR)
         dD_acc += pd
         db_acc += pb
-        lam, a_nx, dA_acc, dBf, pd, pb = _out_step(
-            lam, a_nx, a2, ha2, d2, x2, u2, y2, dA_acc, dBf, t0 + 2, m2, k2, A2, Bd, Cd, Dd,
-            du_row, ddt_row, B_row2, C_row2, dB_row, gmask_B, IND_B, N, GSUB_B, SUM_MODE, HAS_D,
-            SOFTPLUS, B_VAR, C_VAR)
-        dD_acc += pd
-        db_acc += pb
-    lam, a_nx, dA_acc, dBf, pd, pb = _out_step(
-        lam, a_nx, a1, ha1, d1, x1, u1, y1, dA_acc, dBf, t0 + 1, m1, k1, A2, Bd, Cd, Dd, du_row,
-        ddt_row, B_row2, C_row2, dB_row, gmask_B, IND_B, N, GSUB_B, SUM_MODE, HAS_D, SOFTPLUS,
-        B_VAR, C_VAR)
-    dD_acc += pd
-    db_acc += pb
     lam, a_nx, dA_acc, dBf, pd, pb = _out_step(
         lam, a_nx, a0, ha0, d0, x0, u0, y0, dA_acc, dBf, t0, m0, k0, A2, Bd, Cd, Dd, du_row,
         ddt_row, B_row2, C_row2, dB_row, gmask_B, IND_B, N, GSUB_B, SUM_MODE, HAS_D, SOFTPLUS,
@@ -146,7 +128,7 @@ def _bwd_steps_tile(h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, t0, tend, dm
 
 
 @triton.jit
-def _bwd_steps_kernel(
+def _bwd_kernel(
     u_ptr, dt_ptr, z_ptr, g_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, ck_ptr, lam_ptr, scr_ptr,
     du_ptr, ddt_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dinit_ptr,
     s_ub, s_ud, s_tb, s_td, s_zb, s_zd, s_gb, s_gd, s_xb, s_xd,
@@ -156,7 +138,7 @@ def _bwd_steps_kernel(
     GSUB_C: tl.constexpr, GP_B: tl.constexpr, GP_C: tl.constexpr, SUM_MODE: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr,
-    TILE: tl.constexpr = 4,
+    TILE: tl.constexpr = 2,
 ):
     """Backward of chunk c of BD channels of one batch row; arguments and outputs as _bwd_kernel,
     with the scratch holding the state entering each TILE-step tile ((CKPT // TILE) x BD x NP)."""
@@ -213,12 +195,8 @@ def _bwd_steps_kernel(
             tl.store(scr_row + ((t0 - s0) // TILE) * BD * NP, h)
             h = _state_step(h, t0, dmask, nmask2, A2, bias, Bd, dt_row, u_row, B_row2, N,
                             HAS_BIAS, SOFTPLUS, B_VAR)
-            h = _state_step(h, t0 + 1, dmask, nmask2, A2, bias, Bd, dt_row, u_row, B_row2, N,
-                            HAS_BIAS, SOFTPLUS, B_VAR)
-            if TILE == 4:
-                h = _state_step(h, t0 + 2, dmask, nmask2, A2, bias, Bd, dt_row, u_row, B_row2, N,
-                                HAS_BIAS, SOFTPLUS, B_VAR)
-                h = _state_step(h, t0 + 3, dmask, nmask2, A2, bias, Bd, dt_row, u_row, B_row2, N,
+            if TILE >= 2:
+                h = _state_step(h, t0 + 1, dmask, nmask2, A2, bias, Bd, dt_row, u_row, B_row2, N,
                                 HAS_BIAS, SOFTPLUS, B_VAR)
         if s_full < s1:
             tl.store(scr_row + ((s_full - s0) // TILE) * BD * NP, h)
@@ -226,7 +204,7 @@ def _bwd_steps_kernel(
         # backward over the block's tiles, the partial last one first
         if s_full < s1:
             h = tl.load(scr_row + ((s_full - s0) // TILE) * BD * NP)
-            lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc = _bwd_steps_tile(
+            lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc = _bwd_tile(
                 h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, s_full, s1, dmask, nmask2, A2,
                 bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row, B_row2,
                 C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C, N, GSUB_B, GSUB_C,
@@ -235,7 +213,7 @@ def _bwd_steps_kernel(
         for j in range(0, n_t):
             t0 = s_full - TILE - TILE * j
             h = tl.load(scr_row + ((t0 - s0) // TILE) * BD * NP)
-            lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc = _bwd_steps_tile(
+            lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc = _bwd_tile(
                 h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, t0, s1, dmask, nmask2, A2,
                 bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row, B_row2,
                 C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C, N, GSUB_B, GSUB_C,
