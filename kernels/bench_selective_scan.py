@@ -158,12 +158,10 @@ def main(argv=None):
         plans = [("default", None)]
         if args.sweep:  # backward variants (the forward plan is kept)
             dev = torch.device("cuda")
-            for label, kw in (("bwd 8 ch 32/SM", dict(bwd_channels=8, bwd_programs_per_sm=32)),
-                              ("bwd 32 ch 6/SM", dict(bwd_programs_per_sm=6)),
-                              ("bwd 32 ch 12/SM", dict(bwd_programs_per_sm=12)),
+            for label, kw in (("bwd 32 ch 6/SM", dict(bwd_programs_per_sm=6)),
                               ("bwd 32 ch 1-step tiles", dict(bwd_steps=1)),
-                              ("bwd 32 ch ckpt 64", dict(ckpt=64)),
                               ("bwd 32 ch atomic dB/dC", dict(bwd_bc_atomic=True)),
+                              ("bwd 32 ch ckpt 64", dict(ckpt=64)),
                               ("fwd 12 warps/SM", dict(fwd_warps_per_sm=12))):
                 plans.append((label, plan_config(batch, dim, L, N_STATE, dev, **kw)))
         for label, cfg in plans:

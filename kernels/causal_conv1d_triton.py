@@ -111,39 +111,127 @@ def _dxp_at(x_ptr, init_ptr, w_ptr, bias_ptr, dy_ptr, b, d, s, mask_d, L,
     return acc
 
 
+# Shape of the backward (why it is built this way). dx[s] = sum_m weight[w-1-m] * dpre[s + m] needs
+# the pre-activation gradient dpre at w shifted positions. Recomputing dpre at each shift (the earlier
+# design) costs w * (w x-loads + a sigmoid) per element, ~24 loads and 4 sigmoids: the kernel was
+# instruction-bound at ~5x its memory floor. Triton has no op that shifts a register tile along an
+# axis (tl.gather is 3.2+ only and goes through shared memory anyway), so each program computes dpre
+# ONCE on its tile (w x-loads, reused for dweight, one sigmoid), parks it in a small per-program
+# float32 scratch row, and reads it back at the w-1 shifted offsets. The scratch is written and read
+# by the same CTA within a barrier pair, so it is served from L1/L2: HBM traffic stays ~ x + dy + dx.
+# A two-kernel design (dpre to a full float32 tensor, then dx) would add 8 bytes/element of HBM
+# traffic (~2.3x the 6-byte floor); this one adds only the scratch's eventual write-back, which the
+# chunk loop below keeps small by reusing one scratch tile for CHUNKS consecutive position tiles.
+# dpre stays float32 throughout, so results match the previous kernel up to fp32 summation order.
+HALO = tl.constexpr(4)  # w - 1 <= 3 look-ahead columns of dpre, rounded up to a power of two
+SCRATCH_PAD = tl.constexpr(32)  # a scratch row is BLOCK_L + 32 floats: 128-byte aligned rows
+
+
 @triton.jit
 def _conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, dy_ptr, dx_ptr, dinit_ptr,
-                     dw_part_ptr, db_part_ptr,
-                     D, L, NUM_L_BLOCKS,
+                     dw_part_ptr, db_part_ptr, scratch_ptr,
+                     D, L, CHUNKS,
                      sxb, sxd, sxl, swd, swk, sib, sid, sil, sdb, sdd, sdl, sgb, sgd, sgl,
                      sjb, sjd, sjl,
                      WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
                      SILU: tl.constexpr, NEED_DINIT: tl.constexpr,
                      BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """One program: BLOCK_D channels x CHUNKS consecutive tiles of BLOCK_L positions (its "split")."""
     b = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_l = tl.program_id(2)
+    n_split = tl.num_programs(2)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    s = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_d = d < D
-    # dx[s] = sum_m weight[w-1-m] * dpre[s + m]; dweight[k] = sum_t dpre[t] * xp[t + k]
-    dx = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
-    part = (b * NUM_L_BLOCKS + pid_l) * D
-    for m in tl.static_range(WIDTH):
-        g = _dpre_at(x_ptr, init_ptr, w_ptr, bias_ptr, dy_ptr, b, d, s + m, mask_d, L,
-                     sxb, sxd, sxl, sib, sid, sil, swd, swk, sdb, sdd, sdl,
-                     WIDTH, HAS_BIAS, HAS_INIT, SILU)
-        wk = tl.load(w_ptr + d * swd + (WIDTH - 1 - m) * swk, mask=mask_d, other=0.0).to(tl.float32)
-        dx += wk[:, None] * g
-        if m == 0:  # g is dpre on this tile's own positions: weight and bias gradients
-            if HAS_BIAS:
-                tl.store(db_part_ptr + part + d, tl.sum(g, axis=1), mask=mask_d)
-            for k in tl.static_range(WIDTH):
-                xv = _load_xp(x_ptr, init_ptr, b, d, s + (k - (WIDTH - 1)), mask_d, L,
-                              sxb, sxd, sxl, sib, sid, sil, WIDTH, HAS_INIT)
-                tl.store(dw_part_ptr + (part + d) * WIDTH + k, tl.sum(g * xv, axis=1), mask=mask_d)
-    tl.store(dx_ptr + b * sgb + d[:, None] * sgd + s[None, :] * sgl,
-             dx.to(dx_ptr.dtype.element_ty), mask=mask_d[:, None] & (s < L)[None, :])
+    cols = tl.arange(0, BLOCK_L)
+    halo = tl.arange(0, HALO)
+    # weights and bias once per program; taps k >= WIDTH stay zero (and are never used)
+    w0 = tl.load(w_ptr + d * swd, mask=mask_d, other=0.0).to(tl.float32)
+    w1 = tl.load(w_ptr + d * swd + swk, mask=mask_d, other=0.0).to(tl.float32)
+    w2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    w3 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if WIDTH >= 3:
+        w2 = tl.load(w_ptr + d * swd + 2 * swk, mask=mask_d, other=0.0).to(tl.float32)
+    if WIDTH >= 4:
+        w3 = tl.load(w_ptr + d * swd + 3 * swk, mask=mask_d, other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
+    # dweight[k] = sum_t dpre[t] * xp[t + k - (w-1)], dbias = sum_t dpre[t]: per-program partials
+    dw0 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dw1 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dw2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dw3 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    db = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    # this program's scratch tile: BLOCK_D rows of [dpre on the tile | dpre on the next HALO positions]
+    prog = (b * tl.num_programs(1) + pid_d) * n_split + pid_l
+    row = BLOCK_L + SCRATCH_PAD
+    scr = scratch_ptr + prog * (BLOCK_D * row) + tl.arange(0, BLOCK_D)[:, None] * row
+    for i in range(CHUNKS):
+        s0 = (pid_l * CHUNKS + i) * BLOCK_L
+        s = s0 + cols
+        # the w shifted x tiles, each loaded once (L1/L2 hits after the first) and kept for dweight
+        x0 = _load_xp(x_ptr, init_ptr, b, d, s - (WIDTH - 1), mask_d, L,
+                      sxb, sxd, sxl, sib, sid, sil, WIDTH, HAS_INIT)
+        x1 = _load_xp(x_ptr, init_ptr, b, d, s - (WIDTH - 2), mask_d, L,
+                      sxb, sxd, sxl, sib, sid, sil, WIDTH, HAS_INIT)
+        x2 = x1
+        x3 = x1
+        if WIDTH >= 3:
+            x2 = _load_xp(x_ptr, init_ptr, b, d, s - (WIDTH - 3), mask_d, L,
+                          sxb, sxd, sxl, sib, sid, sil, WIDTH, HAS_INIT)
+        if WIDTH >= 4:
+            x3 = _load_xp(x_ptr, init_ptr, b, d, s, mask_d, L,
+                          sxb, sxd, sxl, sib, sid, sil, WIDTH, HAS_INIT)
+        g = tl.load(dy_ptr + b * sdb + d[:, None] * sdd + s[None, :] * sdl,
+                    mask=mask_d[:, None] & (s < L)[None, :], other=0.0).to(tl.float32)
+        if SILU:
+            pre = bias[:, None] + w0[:, None] * x0 + w1[:, None] * x1
+            if WIDTH >= 3:
+                pre += w2[:, None] * x2
+            if WIDTH >= 4:
+                pre += w3[:, None] * x3
+            sig = tl.sigmoid(pre)
+            g = g * sig * (1.0 + pre * (1.0 - sig))
+        db += tl.sum(g, axis=1)
+        dw0 += tl.sum(g * x0, axis=1)
+        dw1 += tl.sum(g * x1, axis=1)
+        if WIDTH >= 3:
+            dw2 += tl.sum(g * x2, axis=1)
+        if WIDTH >= 4:
+            dw3 += tl.sum(g * x3, axis=1)
+        # dpre at the w-1 positions past the tile belongs to the next tile: recompute it directly
+        # (HALO columns of the old per-position recomputation, ~HALO/BLOCK_L of the work)
+        g_next = _dpre_at(x_ptr, init_ptr, w_ptr, bias_ptr, dy_ptr, b, d, s0 + BLOCK_L + halo,
+                          mask_d, L, sxb, sxd, sxl, sib, sid, sil, swd, swk, sdb, sdd, sdl,
+                          WIDTH, HAS_BIAS, HAS_INIT, SILU)
+        # the barrier pair orders the CTA's global-memory accesses to its scratch: no warp overwrites
+        # a row another warp is still reading (previous chunk), none reads before all have written
+        tl.debug_barrier()
+        tl.store(scr + cols[None, :], g)
+        tl.store(scr + BLOCK_L + halo[None, :], g_next)
+        tl.debug_barrier()
+        # dx[s] = sum_m weight[w-1-m] * dpre[s + m]; the m = 0 term is still in registers
+        if WIDTH == 2:
+            dx = w1[:, None] * g + w0[:, None] * tl.load(scr + cols[None, :] + 1)
+        elif WIDTH == 3:
+            dx = w2[:, None] * g + w1[:, None] * tl.load(scr + cols[None, :] + 1) \
+                + w0[:, None] * tl.load(scr + cols[None, :] + 2)
+        else:
+            dx = w3[:, None] * g + w2[:, None] * tl.load(scr + cols[None, :] + 1) \
+                + w1[:, None] * tl.load(scr + cols[None, :] + 2) \
+                + w0[:, None] * tl.load(scr + cols[None, :] + 3)
+        tl.store(dx_ptr + b * sgb + d[:, None] * sgd + s[None, :] * sgl,
+                 dx.to(dx_ptr.dtype.element_ty), mask=mask_d[:, None] & (s < L)[None, :])
+    part = (b * n_split + pid_l) * D + d
+    if HAS_BIAS:
+        tl.store(db_part_ptr + part, db, mask=mask_d)
+    tl.store(dw_part_ptr + part * WIDTH, dw0, mask=mask_d)
+    tl.store(dw_part_ptr + part * WIDTH + 1, dw1, mask=mask_d)
+    if WIDTH >= 3:
+        tl.store(dw_part_ptr + part * WIDTH + 2, dw2, mask=mask_d)
+    if WIDTH >= 4:
+        tl.store(dw_part_ptr + part * WIDTH + 3, dw3, mask=mask_d)
     if NEED_DINIT:
         if pid_l == 0:  # the initial state sits at x-positions -(w-1) .. -1
             j = tl.arange(0, 4)
@@ -162,12 +250,16 @@ def _blocks(L: int, elems: int) -> tuple[int, int]:
     return block_d, block_l
 
 
-# Forward: 4k-element tiles on 4 warps (32 values a thread) stream at ~2 TB/s. The backward keeps
-# several tiles live at once (recomputed pre-activations, gradients, the dx accumulator), so it
-# takes 2k-element tiles on 8 warps (8 values a thread) to stay clear of register spills.
-# bench_conv_norm --sweep measures alternatives.
+# Forward: 4k-element tiles on 4 warps (32 values a thread) stream at ~2 TB/s. Backward: 1k-element
+# tiles (4 channels x 256 positions) on 4 warps, 8 values a thread. Measured on an H100 (bf16,
+# 16 x 512 x 4096, width 4, kernel time): 1024/4 warps 197 us, 2048/4 205 us, 2048/8 244 us,
+# 4096/4 208 us (the earlier per-shift recomputing kernel: 357 us at 2048/8). A backward program
+# walks several position tiles (reusing its scratch tile, which keeps the scratch small and
+# L2-resident) but the grid keeps at least BWD_MIN_PROGRAMS programs so that short or narrow inputs
+# still fill the GPU (at 2048/4: 1024 programs 211 us, 2048 205 us, 4096 195 us).
 FWD_ELEMS, FWD_WARPS = 4096, 4
-BWD_ELEMS, BWD_WARPS = 2048, 8
+BWD_ELEMS, BWD_WARPS = 1024, 4
+BWD_MIN_PROGRAMS = 2048
 
 
 def _check(x, weight, bias, initial_state, activation):
@@ -221,19 +313,27 @@ class CausalConv1dFn(torch.autograd.Function):
             dy = torch.zeros_like(x)
         block_d, block_l = _blocks(L, BWD_ELEMS)
         n_l = max(triton.cdiv(L, block_l), 1)
+        n_d = triton.cdiv(dim, block_d)
+        # split each row of position tiles into n_split programs of `chunks` consecutive tiles
+        n_split = min(n_l, triton.cdiv(BWD_MIN_PROGRAMS, batch * n_d))
+        chunks = triton.cdiv(n_l, n_split)
+        n_split = triton.cdiv(n_l, chunks)
         dx = torch.empty_like(x, memory_format=torch.contiguous_format)
         need_dinit = initial_state is not None and ctx.needs_input_grad[3]
         dinit = torch.empty_like(initial_state, memory_format=torch.contiguous_format) if need_dinit else None
-        dw_part = torch.empty((batch, n_l, dim, width), device=x.device, dtype=torch.float32)
-        db_part = (torch.empty((batch, n_l, dim), device=x.device, dtype=torch.float32)
+        dw_part = torch.empty((batch, n_split, dim, width), device=x.device, dtype=torch.float32)
+        db_part = (torch.empty((batch, n_split, dim), device=x.device, dtype=torch.float32)
                    if bias is not None else None)
+        scratch = torch.empty(batch * n_d * n_split * block_d * (block_l + SCRATCH_PAD.value),
+                              device=x.device, dtype=torch.float32)
         init_s = initial_state.stride() if initial_state is not None else (0, 0, 0)
         dinit_s = dinit.stride() if dinit is not None else (0, 0, 0)
-        grid = (batch, triton.cdiv(dim, block_d), n_l)
+        grid = (batch, n_d, n_split)
         _conv_bwd_kernel[grid](
             x, weight, bias if bias is not None else x, initial_state if initial_state is not None else x,
             dy, dx, dinit if dinit is not None else dx, dw_part, db_part if db_part is not None else dw_part,
-            dim, L, n_l, *x.stride(), *weight.stride(), *init_s, *dy.stride(), *dx.stride(), *dinit_s,
+            scratch, dim, L, chunks,
+            *x.stride(), *weight.stride(), *init_s, *dy.stride(), *dx.stride(), *dinit_s,
             WIDTH=width, HAS_BIAS=bias is not None, HAS_INIT=initial_state is not None,
             SILU=ctx.silu, NEED_DINIT=need_dinit, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=BWD_WARPS)
         if dfinal is not None and ctx.return_final_state:

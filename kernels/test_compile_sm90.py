@@ -25,10 +25,12 @@ try:
 except ImportError:  # pragma: no cover
     pytest.skip("no GPUTarget in this Triton", allow_module_level=True)
 
+from seqmamba.kernels import causal_conv1d_triton as conv  # noqa: E402
 from seqmamba.kernels import selective_scan_bwd_triton as bwd  # noqa: E402
 from seqmamba.kernels import selective_scan_triton as scan  # noqa: E402
 
-BF16_ROWS = {"u_ptr", "dt_ptr", "z_ptr", "g_ptr", "out_ptr", "du_ptr", "ddt_ptr", "dz_ptr"}
+BF16_ROWS = {"u_ptr", "dt_ptr", "z_ptr", "g_ptr", "out_ptr", "du_ptr", "ddt_ptr", "dz_ptr",
+             "x_ptr", "dy_ptr", "dx_ptr", "init_ptr", "dinit_ptr"}  # the conv's activations
 # what the JIT specialises at the benchmark shapes: 16-byte aligned pointers, strides and sizes
 DIVISIBLE = ("L", "dim", "CH", "CKPT", "cpg_B", "cpg_C")
 
@@ -72,12 +74,25 @@ CASES = {
     "backward, 4 channels, shuffle sums": (bwd._bwd_kernel, bwd_consts(4, 0, TILE=2)),
     "backward, 8 channels, atomic": (bwd._bwd_kernel, bwd_consts(8, 4, TILE=2)),
 }
+# the conv backward at the benchmark's tiles (4 channels x 256 positions), with and without
+# the initial-state paths; x's unit L stride is specialised by the JIT, so pass it as a constant
+CONV_BWD = dict(HAS_BIAS=True, SILU=True, BLOCK_D=4, BLOCK_L=256, sxl=1, sdl=1, sgl=1)
+CONV_CASES = {
+    "conv backward, width 4": dict(CONV_BWD, WIDTH=4, HAS_INIT=False, NEED_DINIT=False),
+    "conv backward, width 2, initial state": dict(CONV_BWD, WIDTH=2, HAS_INIT=True, NEED_DINIT=True),
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_scan_kernel_compiles_for_sm90(case):
     fn, consts = CASES[case]
     kernel = compile_sm90(fn, consts)
+    assert ".target sm_90" in kernel.asm["ptx"] and len(kernel.asm["cubin"]) > 0
+
+
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_conv_kernel_compiles_for_sm90(case):
+    kernel = compile_sm90(conv._conv_bwd_kernel, CONV_CASES[case], num_warps=conv.BWD_WARPS)
     assert ".target sm_90" in kernel.asm["ptx"] and len(kernel.asm["cubin"]) > 0
 
 
