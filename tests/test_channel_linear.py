@@ -73,3 +73,24 @@ def test_autocast_bf16_matches_linear():
     gw_ref = torch.autograd.grad(ref.float().square().sum(), w)[0]
     assert gw.dtype == torch.float32
     assert (gw - gw_ref).norm() <= 2e-2 * gw_ref.norm()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("use", ["both", "first", "second"])
+def test_parts_match_split_and_gradcheck(bias, use):
+    """to_channels(..., parts) equals splitting the full output, including when only some parts
+    reach the loss (their gradients arrive as None)."""
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(2, 6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(7, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+
+    def fn(h, w, b):
+        x, z = to_channels(h, w, b, parts=(3, 4))
+        return {"both": (x, z), "first": (x,), "second": (z,)}[use]
+
+    x, z = to_channels(h, w, b, parts=(3, 4))
+    full = _reference("to", h, w, b)
+    torch.testing.assert_close(x, full[:, :3])
+    torch.testing.assert_close(z, full[:, 3:])
+    assert torch.autograd.gradcheck(fn, (h, w, b))

@@ -46,10 +46,12 @@ def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 class _Linear(torch.autograd.Function):
     """out = weight @ x per batch row, in channel-major terms: x as (B, in, L), out as (B, out, L).
-    ``x_tokens`` / ``out_tokens``: that side is token-major (B, L, features) in memory instead."""
+    ``x_tokens`` / ``out_tokens``: that side is token-major (B, L, features) in memory instead.
+    ``parts`` (channel-major output only): return the output split into channel groups of these
+    sizes. Their gradients then arrive separately and are used as they are: no concatenation."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, x_tokens, out_tokens):
+    def forward(ctx, x, weight, bias, x_tokens, out_tokens, parts):
         dt = _compute_dtype(x)
         xx, w = x.to(dt), weight.to(dt)
         xc = xx.mT if x_tokens else xx
@@ -64,39 +66,61 @@ class _Linear(torch.autograd.Function):
         ctx.save_for_backward(xx, w, bias)
         ctx.flags = (x_tokens, out_tokens)
         ctx.dtypes = (x.dtype, weight.dtype)
-        return out
+        ctx.parts = parts or (weight.shape[0],)
+        ctx.set_materialize_grads(False)  # an unused part's gradient stays None, not zeros
+        return out.split(parts, dim=1) if parts else out
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx, *grads):
         xx, w, bias = ctx.saved_tensors
         x_tokens, out_tokens = ctx.flags
-        g = g.to(xx.dtype)
-        gc = g.mT if out_tokens else g  # (B, out, L)
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:  # returned in x's own layout, contiguous
-            dx = (_bmm(gc.mT, w) if x_tokens else _bmm(w.t(), gc)).to(ctx.dtypes[0])
-        if ctx.needs_input_grad[1]:  # sum_b g_b @ x_b^T: one product per row, summed in fp32
-            xc = xx.mT if x_tokens else xx
-            dw = _bmm(gc, xc.mT).sum(0, dtype=torch.float32).to(ctx.dtypes[1])
-        if bias is not None and ctx.needs_input_grad[2]:
-            db = gc.sum((0, 2), dtype=torch.float32).to(bias.dtype)
-        return dx, dw, db, None, None
+        xc = xx.mT if x_tokens else xx
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = need_b and bias is not None
+        dx = None
+        dws, dbs = [], []
+        row = 0
+        for g, n in zip(grads, ctx.parts):  # one output part: rows [row, row + n) of the weight
+            wp = w[row:row + n]
+            row += n
+            if g is None:
+                dws.append(wp.new_zeros(wp.shape, dtype=torch.float32))
+                dbs.append(wp.new_zeros((n,), dtype=torch.float32))
+                continue
+            g = g.to(xx.dtype)
+            gc = g.mT if out_tokens else g  # (B, n, L)
+            if need_x:  # in x's own layout, contiguous; later parts accumulate into it
+                a, b = (gc.mT, wp) if x_tokens else (wp.t(), gc)
+                if dx is None:
+                    dx = _bmm(a, b)
+                else:
+                    a, b = (t.expand(dx.shape[0], *t.shape) if t.dim() == 2 else t for t in (a, b))
+                    dx = torch.baddbmm(dx, a, b)
+            if need_w:  # sum_b g_b @ x_b^T: one product per row, summed in fp32
+                dws.append(_bmm(gc, xc.mT).sum(0, dtype=torch.float32))
+            if need_b:
+                dbs.append(gc.sum((0, 2), dtype=torch.float32))
+        dx = None if dx is None else dx.to(ctx.dtypes[0])
+        dw = torch.cat(dws).to(ctx.dtypes[1]) if need_w else None
+        db = torch.cat(dbs).to(bias.dtype) if need_b else None
+        return dx, dw, db, None, None, None
 
 
-def to_channels(hidden: torch.Tensor, weight: torch.Tensor,
-                bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+def to_channels(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                parts: Optional[tuple] = None):
     """(B, L, in) -> (B, out, L): ``F.linear(hidden, weight, bias).transpose(1, 2)``, stored
-    with unit stride along L."""
-    return _Linear.apply(hidden, weight, bias, True, False)
+    with unit stride along L; with ``parts`` (sizes summing to out) the tuple of its channel
+    groups, like ``.split(parts, dim=1)`` but without concatenating their gradients."""
+    return _Linear.apply(hidden, weight, bias, True, False, tuple(parts) if parts else None)
 
 
 def channel_linear(x: torch.Tensor, weight: torch.Tensor,
                    bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(B, in, L) -> (B, out, L), for any strides of x with unit stride along L."""
-    return _Linear.apply(x, weight, bias, False, False)
+    return _Linear.apply(x, weight, bias, False, False, None)
 
 
 def from_channels(y: torch.Tensor, weight: torch.Tensor,
                   bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(B, in, L) -> (B, L, out): ``F.linear(y.transpose(1, 2), weight, bias)`` without copying y."""
-    return _Linear.apply(y, weight, bias, False, True)
+    return _Linear.apply(y, weight, bias, False, True, None)

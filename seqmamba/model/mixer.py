@@ -97,8 +97,8 @@ class MambaMixer(nn.Module):
         """
         # channel-major (B, channels, L) from in_proj to out_proj: the kernels' layout (unit
         # stride along L), reached without transposing copies (see channel_linear)
-        xz = to_channels(hidden, self.in_proj.weight, self.in_proj.bias)  # (B, 2*d_inner, L)
-        x, z = xz.chunk(2, dim=1)
+        x, z = to_channels(hidden, self.in_proj.weight, self.in_proj.bias,
+                           parts=(self.d_inner, self.d_inner))  # (B, d_inner, L) each
         if layer_cache is None:
             x = kernels.causal_conv1d_fn(x, self._conv_weight(), self.conv1d.bias, activation="silu")
         else:
