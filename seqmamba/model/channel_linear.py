@@ -29,9 +29,15 @@ import torch
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype ``nn.Linear`` would compute in here: the autocast dtype if autocast is on."""
     dev = x.device.type
-    if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev):
-        return torch.get_autocast_dtype(dev)
-    return x.dtype
+    if dev not in ("cuda", "cpu"):
+        return x.dtype
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4's device-generic API
+        on, dtype = torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)
+    elif dev == "cuda":  # older spellings, kept in case a 2.4 pre-release lacks the above
+        on, dtype = torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+    else:
+        on, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+    return dtype if on else x.dtype
 
 
 def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
