@@ -2,9 +2,9 @@
 
     x_t = exp(delta_t * A) * x_{t-1} + delta_t * B_t * u_t,   y_t = <x_t, C_t> + D u_t,   out = y * silu(z)
 
-The expanded state (batch, L, dim, N) never reaches HBM. Every kernel uses one layout: a thread owns
-one channel, all its N states and a register tile of 4 time steps (``_split4`` gives the per-step
-slices), lanes and warps span channels. The recurrence is then plain in-thread arithmetic (per state
+The expanded state (batch, L, dim, N) never reaches HBM. A thread owns one channel and all its N
+states, lanes and warps span channels; the forward kernels also hold a register tile of 4 time
+steps (``_split4`` gives the per-step slices), the backward goes step by step (2-D tensors only). The recurrence is then plain in-thread arithmetic (per state
 and step: one exp2 and a few multiply-adds), with no cross-lane scans; Triton's own scan lowering
 put time across lanes and cost ~15x more instructions.
 
