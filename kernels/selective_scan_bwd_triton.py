@@ -99,7 +99,8 @@ def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, t0, tend, dmask, n
                     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
     """Steps [t0, t0 + TILE) (those < tend if MASKED), TILE 1 or 2: forward from h, keeping each
     step's decay and inputs in registers, then back from lam. A longer tile stores fewer states
-    to scratch but keeps more values live (sm_90, 8 channels: 128 registers at 2, 189 at 4)."""
+    to scratch but keeps more values live (sm_90, 32 channels: ~255 registers at 1 and 2 steps;
+    4-step tiles spilled and were dropped)."""
     m0, k0 = _step_masks(t0, tend, dmask, nmask2, MASKED)
     h, a0, ha0, d0, x0, u0, y0, dCf = _in_step(
         h, t0, m0, k0, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2, C_row2,
