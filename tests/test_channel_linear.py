@@ -94,3 +94,34 @@ def test_parts_match_split_and_gradcheck(bias, use):
     torch.testing.assert_close(x, full[:, :3])
     torch.testing.assert_close(z, full[:, 3:])
     assert torch.autograd.gradcheck(fn, (h, w, b))
+
+
+def test_mixer_hands_the_kernels_unit_stride_inputs(monkeypatch):
+    """The point of the channel-major mixer: conv and scan get (B, C, L) inputs with unit stride
+    along L (the Triton kernels would otherwise copy each), and their output gradients flow back
+    without transposes. Checked by wrapping the two kernel entry points."""
+    from seqmamba import build_model, kernels
+    seen = []
+
+    def record(name, fn):
+        def wrapped(*args, **kw):
+            tensors = [a for a in list(args) + list(kw.values())
+                       if isinstance(a, torch.Tensor) and a.dim() == 3]
+            seen.append((name, [t.stride(-1) for t in tensors]))
+            out = fn(*args, **kw)
+            first = out[0] if isinstance(out, tuple) else out
+            if first.requires_grad:
+                first.register_hook(lambda g: seen.append((name + " grad", [g.stride(-1)])))
+            return out
+        return wrapped
+
+    monkeypatch.setattr(kernels, "selective_scan_fn", record("scan", kernels.selective_scan_fn))
+    monkeypatch.setattr(kernels, "causal_conv1d_fn", record("conv", kernels.causal_conv1d_fn))
+    model = build_model(dict(d_model=16, n_layer=2, vocab_size=8, d_state=4))
+    ids = torch.randint(0, 8, (2, 24))
+    logits, loss = model(ids[:, :-1], labels=ids[:, 1:])
+    loss.backward()
+    names = {n for n, _ in seen}
+    assert {"scan", "conv", "scan grad", "conv grad"} <= names
+    for name, strides in seen:
+        assert all(s == 1 for s in strides), (name, strides)
