@@ -20,8 +20,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .selective_scan_triton import (LN2, LOG2E, _bwd_bc_rows, _bwd_param_grads, _fwd_step, _ld_bc,
-                                   _load_delta, _tile_step_bwd, _tile_step_fwd)
+from .selective_scan_triton import (LN2, _bwd_bc_rows, _bwd_param_grads, _channel_params,
+                                   _fwd_step, _ld_bc, _load_delta, _tile_step_bwd, _tile_step_fwd)
 
 
 @triton.jit
@@ -153,13 +153,8 @@ def _bwd_kernel(
     nmask2 = n2 < N
     dn2 = dmask & nmask2
     d64 = d2.to(tl.int64)
-    A2 = tl.load(A_ptr + d2 * N + n2, mask=dn2, other=0.0) * LOG2E
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d2, mask=dmask, other=0.0)
-    Dd = 0.0
-    if HAS_D:
-        Dd = tl.load(D_ptr + d2, mask=dmask, other=0.0)
+    A2, bias, Dd = _channel_params(A_ptr, bias_ptr, D_ptr, d2, d2, n2, dn2, dmask, N, HAS_BIAS,
+                                   HAS_D)
     dt_row = dt_ptr + b * s_tb + d64 * s_td
     u_row = u_ptr + b * s_ub + d64 * s_ud
     z_row = z_ptr + b * s_zb + d64 * s_zd

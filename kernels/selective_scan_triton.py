@@ -115,6 +115,16 @@ def _tile_program(A_ptr, bias_ptr, D_ptr, pid_d, dim, N: tl.constexpr, NP: tl.co
     nmask = n < N
     dn2 = (d2 < dim) & (n2 < N)
     d64 = d.to(tl.int64)
+    A2, bias, Dd = _channel_params(A_ptr, bias_ptr, D_ptr, d, d2, n2, dn2, dmask, N, HAS_BIAS,
+                                   HAS_D)
+    return n, d, tt, n2, d2, dmask, nmask, dn2, d64, A2, bias, Dd
+
+
+@triton.jit
+def _channel_params(A_ptr, bias_ptr, D_ptr, d, d2, n2, dn2, dmask, N: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+    """A program's A (times log2 e, [NP, BD] at d2 / n2), delta bias and D (loaded at d, in the
+    shape the caller keeps per-channel values, or 0.0 when absent)."""
     A2 = tl.load(A_ptr + d2 * N + n2, mask=dn2, other=0.0) * LOG2E
     bias = 0.0
     if HAS_BIAS:
@@ -122,7 +132,7 @@ def _tile_program(A_ptr, bias_ptr, D_ptr, pid_d, dim, N: tl.constexpr, NP: tl.co
     Dd = 0.0
     if HAS_D:
         Dd = tl.load(D_ptr + d, mask=dmask, other=0.0)
-    return n, d, tt, n2, d2, dmask, nmask, dn2, d64, A2, bias, Dd
+    return A2, bias, Dd
 
 
 @triton.jit
