@@ -40,14 +40,15 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return dtype if on else x.dtype
 
 
-def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Batched matmul where one side may be a 2-D weight: it is broadcast with stride 0, so
-    neither operand is copied (``torch.matmul`` of a 2-D by a 3-D tensor folds, and copies)."""
+def _bmm(a: torch.Tensor, b: torch.Tensor, acc: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Batched matmul (plus ``acc`` when given) where one side may be a 2-D weight: it is
+    broadcast with stride 0, so neither operand is copied (``torch.matmul`` of a 2-D by a 3-D
+    tensor folds, and copies)."""
     if a.dim() == 2:
         a = a.expand(b.shape[0], *a.shape)
     if b.dim() == 2:
         b = b.expand(a.shape[0], *b.shape)
-    return torch.bmm(a, b)
+    return torch.bmm(a, b) if acc is None else torch.baddbmm(acc, a, b)
 
 
 class _Linear(torch.autograd.Function):
@@ -96,12 +97,7 @@ class _Linear(torch.autograd.Function):
             g = g.to(xx.dtype)
             gc = g.mT if out_tokens else g  # (B, n, L)
             if need_x:  # in x's own layout, contiguous; later parts accumulate into it
-                a, b = (gc.mT, wp) if x_tokens else (wp.t(), gc)
-                if dx is None:
-                    dx = _bmm(a, b)
-                else:
-                    a, b = (t.expand(dx.shape[0], *t.shape) if t.dim() == 2 else t for t in (a, b))
-                    dx = torch.baddbmm(dx, a, b)
+                dx = _bmm(gc.mT, wp, dx) if x_tokens else _bmm(wp.t(), gc, dx)
             if need_w:  # sum_b g_b @ x_b^T: one product per row, summed in fp32
                 dws.append(_bmm(gc, xc.mT).sum(0, dtype=torch.float32))
             if need_b:
