@@ -5,7 +5,8 @@ of time from the end, one checkpoint block at a time. It rescans the block forwa
 checkpoint, storing the state entering every tile of TILE steps in its scratch (L2-resident),
 then runs the tiles in reverse: forward through the tile from its stored state, keeping each
 step's decay in registers, then the adjoint back through it, writing du, ddelta, dz and the
-channel sums of dB/dC step by step.
+channel sums of dB/dC step by step. Both loops load a tile's per-channel inputs (delta, u, dout,
+z) one tile ahead, so their memory latency overlaps the tile before.
 
 Written one time step at a time with 2-D tensors only: states [NP, BD], per-channel values
 [1, BD], B/C rows [NP, 1]. An earlier kernel loaded 4 steps of a channel as one [1, BD, 4] vector;
@@ -20,32 +21,49 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .selective_scan_triton import (LN2, _bwd_bc_rows, _bwd_param_grads, _channel_params,
+from .selective_scan_triton import (LN2, _bwd_bc_rows, _bwd_param_grads, _channel_params, _delta,
                                    _fwd_step, _ld_bc, _load_delta, _tile_step_bwd, _tile_step_fwd)
 
 
 @triton.jit
-def _state_step(h, t, m, mn, A2, bias, Bd, dt_row, u_row, B_row2, N: tl.constexpr,
-                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr):
-    dt, _ = _load_delta(dt_row + t, m, bias, HAS_BIAS, SOFTPLUS)
-    uu = tl.load(u_row + t, mask=m, other=0.0).to(tl.float32)
-    return _fwd_step(h, dt, dt * uu, _ld_bc(B_row2, t * N, mn, Bd, B_VAR), A2)
+def _load_rows(t, m, dt_row, u_row, g_row, z_row, HAS_Z: tl.constexpr):
+    """Step t's per-channel inputs as stored (delta, u, dout and z, or a copy of delta). The loops load them a tile ahead of their use: each lane reads its own
+    channel row, and a load used at once stalled the kernel on memory latency (ncu: ~27% of
+    its stall samples sat on these loads)."""
+    xr, ur = _load_xu(t, m, dt_row, u_row)
+    gr = tl.load(g_row + t, mask=m, other=0.0)
+    zr = xr
+    if HAS_Z:
+        zr = tl.load(z_row + t, mask=m, other=0.0)
+    return xr, ur, gr, zr
 
 
 @triton.jit
-def _in_step(h, t, m, mn, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2,
+def _load_xu(t, m, dt_row, u_row):
+    return tl.load(dt_row + t, mask=m, other=0.0), tl.load(u_row + t, mask=m, other=0.0)
+
+
+@triton.jit
+def _state_step(h, xr, ur, t, m, mn, A2, bias, Bd, B_row2, N: tl.constexpr,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr):
+    dt, _ = _delta(xr, m, bias, HAS_BIAS, SOFTPLUS)
+    return _fwd_step(h, dt, dt * ur.to(tl.float32), _ld_bc(B_row2, t * N, mn, Bd, B_VAR), A2)
+
+
+@triton.jit
+def _in_step(h, xr, ur, gr, zr, t, m, mn, A2, bias, Bd, Cd, Dd, dz_row, B_row2,
              C_row2, dC_row, dCf, gmask_C, IND_C, N: tl.constexpr, GSUB_C: tl.constexpr,
              SUM_MODE: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr,
              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr,
              C_VAR: tl.constexpr):
-    """Step t forward from the state h entering it (_tile_step_fwd, with this step's loads):
-    h_t and what the way back needs (a_t, a_t h_{t-1}, delta'_t, its pre-softplus value, u_t,
-    dy_t); writes dz_t and dC_t."""
-    dt, x = _load_delta(dt_row + t, m, bias, HAS_BIAS, SOFTPLUS)
-    uu = tl.load(u_row + t, mask=m, other=0.0).to(tl.float32)
-    gg = tl.load(g_row + t, mask=m, other=0.0).to(tl.float32)
+    """Step t forward from the state h entering it (_tile_step_fwd, from the step's inputs as
+    loaded by _load_rows): h_t and what the way back needs (a_t, a_t h_{t-1}, delta'_t, its
+    pre-softplus value, u_t, dy_t); writes dz_t and dC_t."""
+    dt, x = _delta(xr, m, bias, HAS_BIAS, SOFTPLUS)
+    uu = ur.to(tl.float32)
+    gg = gr.to(tl.float32)
     if HAS_Z:
-        zz = tl.load(z_row + t, mask=m, other=0.0).to(tl.float32)
+        zz = zr.to(tl.float32)
         sz = tl.sigmoid(zz)
         dy = gg * zz * sz
     else:
@@ -90,27 +108,27 @@ def _step_masks(t, tend, dmask, nmask2, MASKED: tl.constexpr):
 
 
 @triton.jit
-def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, t0, tend, dmask, nmask2, A2,
-                    bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row,
-                    B_row2, C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C,
+def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, x0r, u0r, g0r, z0r, x1r, u1r, g1r,
+              z1r, t0, tend, dmask, nmask2, A2, bias, Bd, Cd, Dd, du_row, ddt_row, dz_row,
+              B_row2, C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C,
                     N: tl.constexpr, GSUB_B: tl.constexpr, GSUB_C: tl.constexpr,
                     SUM_MODE: tl.constexpr, TILE: tl.constexpr, MASKED: tl.constexpr,
                     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
                     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
-    """Steps [t0, t0 + TILE) (those < tend if MASKED), TILE 1 or 2: forward from h, keeping each
-    step's decay and inputs in registers, then back from lam. A longer tile stores fewer states
+    """Steps [t0, t0 + TILE) (those < tend if MASKED), TILE 1 or 2, with their inputs as loaded
+    by _load_rows (x0r.. step t0, x1r.. step t0 + 1): forward from h, keeping each step's decay
+    and inputs in registers, then back from lam. A longer tile stores fewer states
     to scratch but keeps more values live (sm_90, 32 channels: ~255 registers at 1 and 2 steps;
     4-step tiles spilled and were dropped)."""
     m0, k0 = _step_masks(t0, tend, dmask, nmask2, MASKED)
     h, a0, ha0, d0, x0, u0, y0, dCf = _in_step(
-        h, t0, m0, k0, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2, C_row2,
-        dC_row, dCf, gmask_C, IND_C, N, GSUB_C, SUM_MODE, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR,
-        C_VAR)
+        h, x0r, u0r, g0r, z0r, t0, m0, k0, A2, bias, Bd, Cd, Dd, dz_row, B_row2, C_row2, dC_row,
+        dCf, gmask_C, IND_C, N, GSUB_C, SUM_MODE, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR, C_VAR)
     if TILE >= 2:
         m1, k1 = _step_masks(t0 + 1, tend, dmask, nmask2, MASKED)
         h, a1, ha1, d1, x1, u1, y1, dCf = _in_step(
-            h, t0 + 1, m1, k1, A2, bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, dz_row, B_row2,
-            C_row2, dC_row, dCf, gmask_C, IND_C, N, GSUB_C, SUM_MODE, HAS_Z, HAS_D, HAS_BIAS,
+            h, x1r, u1r, g1r, z1r, t0 + 1, m1, k1, A2, bias, Bd, Cd, Dd, dz_row, B_row2, C_row2,
+            dC_row, dCf, gmask_C, IND_C, N, GSUB_C, SUM_MODE, HAS_Z, HAS_D, HAS_BIAS,
             SOFTPLUS, B_VAR, C_VAR)
     if TILE >= 2:
         lam, a_nx, dA_acc, dBf, pd, pb = _out_step(
@@ -186,13 +204,20 @@ def _bwd_kernel(
         s1 = tl.minimum(s0 + CKPT, t_end)
         s_full = s0 + ((s1 - s0) // TILE) * TILE
         h = tl.load(ck_row + (s0 // CKPT).to(tl.int64) * dim * N, mask=dn2, other=0.0)
-        # forward over the block: the state entering every tile goes to scratch
+        # forward over the block: the state entering every tile goes to scratch. Each tile's
+        # inputs are loaded during the tile before (a0r.. / a1r.., masked past L)
+        a0r, a1r = _load_xu(s0, dmask, dt_row, u_row)
+        b0r, b1r = _load_xu(s0 + 1, dmask & (s0 + 1 < L), dt_row, u_row)
         for t0 in range(s0, s_full, TILE):
             tl.store(scr_row + ((t0 - s0) // TILE) * BD * NP, h)
-            h = _state_step(h, t0, dmask, nmask2, A2, bias, Bd, dt_row, u_row, B_row2, N,
-                            HAS_BIAS, SOFTPLUS, B_VAR)
+            xr, ur, xr1, ur1 = a0r, a1r, b0r, b1r
+            a0r, a1r = _load_xu(t0 + TILE, dmask & (t0 + TILE < L), dt_row, u_row)
             if TILE >= 2:
-                h = _state_step(h, t0 + 1, dmask, nmask2, A2, bias, Bd, dt_row, u_row, B_row2, N,
+                b0r, b1r = _load_xu(t0 + TILE + 1, dmask & (t0 + TILE + 1 < L), dt_row, u_row)
+            h = _state_step(h, xr, ur, t0, dmask, nmask2, A2, bias, Bd, B_row2, N, HAS_BIAS,
+                            SOFTPLUS, B_VAR)
+            if TILE >= 2:
+                h = _state_step(h, xr1, ur1, t0 + 1, dmask, nmask2, A2, bias, Bd, B_row2, N,
                                 HAS_BIAS, SOFTPLUS, B_VAR)
         if s_full < s1:
             tl.store(scr_row + ((s_full - s0) // TILE) * BD * NP, h)
@@ -200,20 +225,36 @@ def _bwd_kernel(
         # backward over the block's tiles, the partial last one first
         if s_full < s1:
             h = tl.load(scr_row + ((s_full - s0) // TILE) * BD * NP)
+            m0 = dmask & (s_full < s1)
+            m1 = dmask & (s_full + 1 < s1)
+            x0r, u0r, g0r, z0r = _load_rows(s_full, m0, dt_row, u_row, g_row, z_row, HAS_Z)
+            x1r, u1r, g1r, z1r = _load_rows(s_full + 1, m1, dt_row, u_row, g_row, z_row, HAS_Z)
             lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc = _bwd_tile(
-                h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, s_full, s1, dmask, nmask2, A2,
-                bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row, B_row2,
-                C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C, N, GSUB_B, GSUB_C,
-                SUM_MODE, TILE, True, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR, C_VAR)
+                h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, x0r, u0r, g0r, z0r, x1r, u1r,
+                g1r, z1r, s_full, s1, dmask, nmask2, A2, bias, Bd, Cd, Dd, du_row, ddt_row,
+                dz_row, B_row2, C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C, N,
+                GSUB_B, GSUB_C, SUM_MODE, TILE, True, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR,
+                C_VAR)
         n_t = (s_full - s0) // TILE
+        # the full tiles from the last; each loads the next one's inputs before its own work
+        tn = s_full - TILE
+        x0r, u0r, g0r, z0r = _load_rows(tn, dmask & (tn >= 0), dt_row, u_row, g_row, z_row, HAS_Z)
+        x1r, u1r, g1r, z1r = _load_rows(tn + 1, dmask & (tn >= 0), dt_row, u_row, g_row, z_row,
+                                        HAS_Z)
         for j in range(0, n_t):
             t0 = s_full - TILE - TILE * j
+            c0x, c0u, c0g, c0z, c1x, c1u, c1g, c1z = x0r, u0r, g0r, z0r, x1r, u1r, g1r, z1r
+            mn = dmask & (t0 - TILE >= 0)
+            x0r, u0r, g0r, z0r = _load_rows(t0 - TILE, mn, dt_row, u_row, g_row, z_row, HAS_Z)
+            if TILE >= 2:
+                x1r, u1r, g1r, z1r = _load_rows(t0 - TILE + 1, mn, dt_row, u_row, g_row, z_row,
+                                                HAS_Z)
             h = tl.load(scr_row + ((t0 - s0) // TILE) * BD * NP)
             lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc = _bwd_tile(
-                h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, t0, s1, dmask, nmask2, A2,
-                bias, Bd, Cd, Dd, dt_row, u_row, z_row, g_row, du_row, ddt_row, dz_row, B_row2,
-                C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C, N, GSUB_B, GSUB_C,
-                SUM_MODE, TILE, False, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR, C_VAR)
+                h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, c0x, c0u, c0g, c0z, c1x, c1u,
+                c1g, c1z, t0, s1, dmask, nmask2, A2, bias, Bd, Cd, Dd, du_row, ddt_row, dz_row,
+                B_row2, C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C, N, GSUB_B,
+                GSUB_C, SUM_MODE, TILE, False, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR, C_VAR)
         tl.debug_barrier()  # scratch is rewritten by the next block
     _bwd_param_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dinit_ptr, dA_acc, dBf,
                      dCf, dD_acc, db_acc, d2, dmask, lam, a_nx, b, c, d2, n2, dn2, dim, N, False,

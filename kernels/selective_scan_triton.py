@@ -83,7 +83,14 @@ def _softplus(x, FAST: tl.constexpr):
 def _load_delta(ptr, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                 FAST: tl.constexpr = FAST_MATH):
     """delta' = softplus(delta + bias) and the pre-softplus value; 0 where masked (exp(0 A) = 1)."""
-    x = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+    return _delta(tl.load(ptr, mask=mask, other=0.0), mask, bias, HAS_BIAS, SOFTPLUS, FAST)
+
+
+@triton.jit
+def _delta(x, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+           FAST: tl.constexpr = FAST_MATH):
+    """_load_delta on a delta already loaded (x, masked loads giving 0)."""
+    x = x.to(tl.float32)
     if HAS_BIAS:
         x = x + bias
     dt = x
