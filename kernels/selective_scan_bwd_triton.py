@@ -27,9 +27,9 @@ from .selective_scan_triton import (LN2, _bwd_bc_rows, _bwd_param_grads, _channe
 
 @triton.jit
 def _load_rows(t, m, dt_row, u_row, g_row, z_row, HAS_Z: tl.constexpr):
-    """Step t's per-channel inputs as stored (delta, u, dout and z, or a copy of delta). The loops load them a tile ahead of their use: each lane reads its own
-    channel row, and a load used at once stalled the kernel on memory latency (ncu: ~27% of
-    its stall samples sat on these loads)."""
+    """Step t's per-channel inputs as stored (delta, u, dout and z, or a copy of delta). The
+    loops load them a tile ahead of their use: each lane reads its own channel row, and a load
+    used at once stalled the kernel on memory latency (ncu: ~27% of its stall samples)."""
     xr, ur = _load_xu(t, m, dt_row, u_row)
     gr = tl.load(g_row + t, mask=m, other=0.0)
     zr = xr
@@ -52,8 +52,8 @@ def _state_step(h, xr, ur, t, m, mn, A2, bias, Bd, B_row2, N: tl.constexpr,
 
 @triton.jit
 def _in_step(h, xr, ur, gr, zr, t, m, mn, A2, bias, Bd, Cd, Dd, dz_row, B_row2,
-             C_row2, dC_row, dCf, gmask_C, IND_C, N: tl.constexpr, GSUB_C: tl.constexpr,
-             SUM_MODE: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr,
+             C_row2, dC_row, dCf, gmask_C, N: tl.constexpr, GSUB_C: tl.constexpr,
+             BC_ATOMIC: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr,
              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr,
              C_VAR: tl.constexpr):
     """Step t forward from the state h entering it (_tile_step_fwd, from the step's inputs as
@@ -69,7 +69,7 @@ def _in_step(h, xr, ur, gr, zr, t, m, mn, A2, bias, Bd, Cd, Dd, dz_row, B_row2,
     else:
         dy = gg
     h, a, ha, y, dCf = _tile_step_fwd(h, A2, dt, dt * uu, dy, t * N, mn, Bd, Cd, B_row2, C_row2,
-                                      dC_row, dCf, gmask_C, IND_C, GSUB_C, SUM_MODE, B_VAR, C_VAR)
+                                      dC_row, dCf, gmask_C, GSUB_C, BC_ATOMIC, B_VAR, C_VAR)
     if HAS_Z:
         if HAS_D:
             y += Dd * uu
@@ -80,14 +80,14 @@ def _in_step(h, xr, ur, gr, zr, t, m, mn, A2, bias, Bd, Cd, Dd, dz_row, B_row2,
 
 @triton.jit
 def _out_step(lam, a_nx, a, ha, dt, x, uu, dy, dA_acc, dBf, t, m, mn, A2, Bd, Cd, Dd, du_row,
-              ddt_row, B_row2, C_row2, dB_row, gmask_B, IND_B, N: tl.constexpr,
-              GSUB_B: tl.constexpr, SUM_MODE: tl.constexpr, HAS_D: tl.constexpr,
+              ddt_row, B_row2, C_row2, dB_row, gmask_B, N: tl.constexpr,
+              GSUB_B: tl.constexpr, BC_ATOMIC: tl.constexpr, HAS_D: tl.constexpr,
               SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
     """Step t backward (_tile_step_bwd, then du_t and ddelta_t): writes du_t, ddelta_t and dB_t;
     returns lam_t, a_t (the decay for step t - 1), the accumulators, dy_t u_t and ddelta_t."""
     lam, dA_acc, dBf, q, r = _tile_step_bwd(lam, a_nx, ha, A2, dt, dt * uu, dy, t * N, mn, Bd, Cd,
-                                            B_row2, C_row2, dB_row, dA_acc, dBf, gmask_B, IND_B,
-                                            GSUB_B, SUM_MODE, B_VAR, C_VAR)
+                                            B_row2, C_row2, dB_row, dA_acc, dBf, gmask_B,
+                                            GSUB_B, BC_ATOMIC, B_VAR, C_VAR)
     ddt = q * uu + r * LN2  # A2 = A log2(e)
     du = q * dt
     if HAS_D:
@@ -110,11 +110,11 @@ def _step_masks(t, tend, dmask, nmask2, MASKED: tl.constexpr):
 @triton.jit
 def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, x0r, u0r, g0r, z0r, x1r, u1r, g1r,
               z1r, t0, tend, dmask, nmask2, A2, bias, Bd, Cd, Dd, du_row, ddt_row, dz_row,
-              B_row2, C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C,
-                    N: tl.constexpr, GSUB_B: tl.constexpr, GSUB_C: tl.constexpr,
-                    SUM_MODE: tl.constexpr, TILE: tl.constexpr, MASKED: tl.constexpr,
-                    HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
+              B_row2, C_row2, dB_row, dC_row, gmask_B, gmask_C, N: tl.constexpr,
+              GSUB_B: tl.constexpr, GSUB_C: tl.constexpr, BC_ATOMIC: tl.constexpr,
+              TILE: tl.constexpr, MASKED: tl.constexpr, HAS_Z: tl.constexpr, HAS_D: tl.constexpr,
+              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr,
+              C_VAR: tl.constexpr):
     """Steps [t0, t0 + TILE) (those < tend if MASKED), TILE 1 or 2, with their inputs as loaded
     by _load_rows (x0r.. step t0, x1r.. step t0 + 1): forward from h, keeping each step's decay
     and inputs in registers, then back from lam. A longer tile stores fewer states
@@ -123,23 +123,23 @@ def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, x0r, u0r, g0r, z0r
     m0, k0 = _step_masks(t0, tend, dmask, nmask2, MASKED)
     h, a0, ha0, d0, x0, u0, y0, dCf = _in_step(
         h, x0r, u0r, g0r, z0r, t0, m0, k0, A2, bias, Bd, Cd, Dd, dz_row, B_row2, C_row2, dC_row,
-        dCf, gmask_C, IND_C, N, GSUB_C, SUM_MODE, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR, C_VAR)
+        dCf, gmask_C, N, GSUB_C, BC_ATOMIC, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR, C_VAR)
     if TILE >= 2:
         m1, k1 = _step_masks(t0 + 1, tend, dmask, nmask2, MASKED)
         h, a1, ha1, d1, x1, u1, y1, dCf = _in_step(
             h, x1r, u1r, g1r, z1r, t0 + 1, m1, k1, A2, bias, Bd, Cd, Dd, dz_row, B_row2, C_row2,
-            dC_row, dCf, gmask_C, IND_C, N, GSUB_C, SUM_MODE, HAS_Z, HAS_D, HAS_BIAS,
+            dC_row, dCf, gmask_C, N, GSUB_C, BC_ATOMIC, HAS_Z, HAS_D, HAS_BIAS,
             SOFTPLUS, B_VAR, C_VAR)
     if TILE >= 2:
         lam, a_nx, dA_acc, dBf, pd, pb = _out_step(
             lam, a_nx, a1, ha1, d1, x1, u1, y1, dA_acc, dBf, t0 + 1, m1, k1, A2, Bd, Cd, Dd,
-            du_row, ddt_row, B_row2, C_row2, dB_row, gmask_B, IND_B, N, GSUB_B, SUM_MODE, HAS_D,
+            du_row, ddt_row, B_row2, C_row2, dB_row, gmask_B, N, GSUB_B, BC_ATOMIC, HAS_D,
             SOFTPLUS, B_VAR, C_VAR)
         dD_acc += pd
         db_acc += pb
     lam, a_nx, dA_acc, dBf, pd, pb = _out_step(
         lam, a_nx, a0, ha0, d0, x0, u0, y0, dA_acc, dBf, t0, m0, k0, A2, Bd, Cd, Dd, du_row,
-        ddt_row, B_row2, C_row2, dB_row, gmask_B, IND_B, N, GSUB_B, SUM_MODE, HAS_D, SOFTPLUS,
+        ddt_row, B_row2, C_row2, dB_row, gmask_B, N, GSUB_B, BC_ATOMIC, HAS_D, SOFTPLUS,
         B_VAR, C_VAR)
     dD_acc += pd
     db_acc += pb
@@ -154,7 +154,7 @@ def _bwd_kernel(
     s_Bb, s_Bg, s_Cb, s_Cg,
     L, dim, cpg_B, cpg_C, CH, CKPT, n_ck,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, GSUB_B: tl.constexpr,
-    GSUB_C: tl.constexpr, GP_B: tl.constexpr, GP_C: tl.constexpr, SUM_MODE: tl.constexpr,
+    GSUB_C: tl.constexpr, GP_B: tl.constexpr, GP_C: tl.constexpr, BC_ATOMIC: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr,
     TILE: tl.constexpr = 2,
@@ -182,9 +182,9 @@ def _bwd_kernel(
     dz_row = dz_ptr + b * s_xb + d64 * s_xd
     n_b = tl.num_programs(1)
     d0 = pid_d * BD
-    B_row2, C_row2, Bd, Cd, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C = _bwd_bc_rows(
+    B_row2, C_row2, Bd, Cd, dB_row, dC_row, gmask_B, gmask_C = _bwd_bc_rows(
         B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, cpg_B, cpg_C, s_Bb, s_Bg,
-        s_Cb, s_Cg, N, BD, GSUB_B, GSUB_C, GP_B, GP_C, SUM_MODE, B_VAR, C_VAR)
+        s_Cb, s_Cg, N, BD, GSUB_B, GSUB_C, GP_B, GP_C, BC_ATOMIC, B_VAR, C_VAR)
     ck_row = ck_ptr + b * (n_ck + 1) * dim * N + d2 * N + n2
     scr_row = scr_ptr + ((pid_d * n_b + b) * n_chunks + c).to(tl.int64) * (CKPT // TILE) * BD * NP \
         + (d2 - d0) * NP + n2
@@ -232,8 +232,8 @@ def _bwd_kernel(
             lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc = _bwd_tile(
                 h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, x0r, u0r, g0r, z0r, x1r, u1r,
                 g1r, z1r, s_full, s1, dmask, nmask2, A2, bias, Bd, Cd, Dd, du_row, ddt_row,
-                dz_row, B_row2, C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C, N,
-                GSUB_B, GSUB_C, SUM_MODE, TILE, True, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR,
+                dz_row, B_row2, C_row2, dB_row, dC_row, gmask_B, gmask_C, N,
+                GSUB_B, GSUB_C, BC_ATOMIC, TILE, True, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR,
                 C_VAR)
         n_t = (s_full - s0) // TILE
         # the full tiles from the last; each loads the next one's inputs before its own work
@@ -253,8 +253,8 @@ def _bwd_kernel(
             lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc = _bwd_tile(
                 h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, c0x, c0u, c0g, c0z, c1x, c1u,
                 c1g, c1z, t0, s1, dmask, nmask2, A2, bias, Bd, Cd, Dd, du_row, ddt_row, dz_row,
-                B_row2, C_row2, dB_row, dC_row, gmask_B, gmask_C, IND_B, IND_C, N, GSUB_B,
-                GSUB_C, SUM_MODE, TILE, False, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR, C_VAR)
+                B_row2, C_row2, dB_row, dC_row, gmask_B, gmask_C, N, GSUB_B,
+                GSUB_C, BC_ATOMIC, TILE, False, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR, C_VAR)
         tl.debug_barrier()  # scratch is rewritten by the next block
     _bwd_param_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dinit_ptr, dA_acc, dBf,
                      dCf, dD_acc, db_acc, d2, dmask, lam, a_nx, b, c, d2, n2, dn2, dim, N, False,

@@ -1,7 +1,7 @@
 """The scan kernels compile for an H100 (sm_90) on a machine without a GPU.
 
 The CPU tests run the kernels in Triton's interpreter, which skips the GPU compiler: its
-layout, tensor-core and register passes, and its stricter rules. This test runs that compiler
+layout and register passes, and its stricter rules. This test runs that compiler
 (Triton's own ptxas included) for the launch configurations the plans use, so a variant that
 cannot build on a GPU fails in CI. It needs the ``ASTSource(fn, signature, constexprs, attrs)``
 API of Triton 3.2+ and skips on older releases (the device runs Triton 3.6).
@@ -56,9 +56,8 @@ COMMON = dict(N=16, NP=16, HAS_Z=True, HAS_D=True, HAS_BIAS=True, SOFTPLUS=True,
               C_VAR=True)
 
 
-def bwd_consts(bd, sum_mode, **extra):
-    gp = 1 if sum_mode & 3 == 0 else 16
-    return dict(COMMON, BD=bd, GSUB_B=bd, GSUB_C=bd, GP_B=gp, GP_C=gp, SUM_MODE=sum_mode,
+def bwd_consts(bd, atomic, **extra):
+    return dict(COMMON, BD=bd, GSUB_B=bd, GSUB_C=bd, GP_B=1, GP_C=1, BC_ATOMIC=atomic,
                 HAS_INIT=True, **extra)
 
 
@@ -69,10 +68,10 @@ CASES = {
     "adjoint carry pass": (scan._bwd_state_kernel,
                            dict(N=16, NP=16, BD=32, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True,
                                 C_VAR=True, C_GRP=False)),
-    "backward, 32 channels, tensor-core sums": (bwd._bwd_kernel, bwd_consts(32, 1, TILE=2)),
-    "backward, 32 channels, atomic, 1-step tiles": (bwd._bwd_kernel, bwd_consts(32, 5, TILE=1)),
-    "backward, 4 channels, shuffle sums": (bwd._bwd_kernel, bwd_consts(4, 0, TILE=2)),
-    "backward, 8 channels, atomic": (bwd._bwd_kernel, bwd_consts(8, 4, TILE=2)),
+    "backward, 32 channels": (bwd._bwd_kernel, bwd_consts(32, False, TILE=2)),
+    "backward, 32 channels, atomic, 1-step tiles": (bwd._bwd_kernel, bwd_consts(32, True, TILE=1)),
+    "backward, 4 channels": (bwd._bwd_kernel, bwd_consts(4, False, TILE=2)),
+    "backward, 8 channels, atomic": (bwd._bwd_kernel, bwd_consts(8, True, TILE=2)),
 }
 # the conv backward at the benchmark's tiles (4 channels x 256 positions), with and without
 # the initial-state paths; x's unit L stride is specialised by the JIT, so pass it as a constant
