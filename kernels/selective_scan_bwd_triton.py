@@ -157,10 +157,11 @@ def _bwd_kernel(
     GSUB_C: tl.constexpr, GP_B: tl.constexpr, GP_C: tl.constexpr, BC_ATOMIC: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr,
-    TILE: tl.constexpr = 2,
+    TILE: tl.constexpr = 2, SCR_BY_STATE: tl.constexpr = False,
 ):
     """Backward of chunk c of BD channels of one batch row; arguments and outputs as _bwd_kernel,
-    with the scratch holding the state entering each TILE-step tile ((CKPT // TILE) x BD x NP)."""
+    with the scratch holding the state entering each TILE-step tile ((CKPT // TILE) tiles of
+    BD x NP, or with SCR_BY_STATE NP x (BD + 1))."""
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
@@ -186,8 +187,17 @@ def _bwd_kernel(
         B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, cpg_B, cpg_C, s_Bb, s_Bg,
         s_Cb, s_Cg, N, BD, GSUB_B, GSUB_C, GP_B, GP_C, BC_ATOMIC, B_VAR, C_VAR)
     ck_row = ck_ptr + b * (n_ck + 1) * dim * N + d2 * N + n2
-    scr_row = scr_ptr + ((pid_d * n_b + b) * n_chunks + c).to(tl.int64) * (CKPT // TILE) * BD * NP \
-        + (d2 - d0) * NP + n2
+    # Scratch tiles channel-major (each channel's states contiguous) or, SCR_BY_STATE,
+    # state-major with a padded row. A channel-major tile is contiguous as a whole, so Triton
+    # loads it as 16-byte vectors, 4 states x 4 channels a thread, and converts it through shared
+    # memory; in a padded state-major tile the lanes read consecutive channels with no provable
+    # vector width, which is the layout of the arithmetic itself.
+    SROW: tl.constexpr = (BD + 1) * NP if SCR_BY_STATE else BD * NP
+    scr_row = scr_ptr + ((pid_d * n_b + b) * n_chunks + c).to(tl.int64) * (CKPT // TILE) * SROW
+    if SCR_BY_STATE:
+        scr_row = scr_row + n2 * (BD + 1) + (d2 - d0)
+    else:
+        scr_row = scr_row + (d2 - d0) * NP + n2
     t_begin = c * CH
     t_end = tl.minimum(t_begin + CH, L)
     lam = tl.load(lam_ptr + ((b * n_chunks + c) * dim + d2) * N + n2, mask=dn2, other=0.0)
@@ -209,7 +219,7 @@ def _bwd_kernel(
         a0r, a1r = _load_xu(s0, dmask, dt_row, u_row)
         b0r, b1r = _load_xu(s0 + 1, dmask & (s0 + 1 < L), dt_row, u_row)
         for t0 in range(s0, s_full, TILE):
-            tl.store(scr_row + ((t0 - s0) // TILE) * BD * NP, h)
+            tl.store(scr_row + ((t0 - s0) // TILE) * SROW, h)
             xr, ur, xr1, ur1 = a0r, a1r, b0r, b1r
             a0r, a1r = _load_xu(t0 + TILE, dmask & (t0 + TILE < L), dt_row, u_row)
             if TILE >= 2:
@@ -220,11 +230,11 @@ def _bwd_kernel(
                 h = _state_step(h, xr1, ur1, t0 + 1, dmask, nmask2, A2, bias, Bd, B_row2, N,
                                 HAS_BIAS, SOFTPLUS, B_VAR)
         if s_full < s1:
-            tl.store(scr_row + ((s_full - s0) // TILE) * BD * NP, h)
+            tl.store(scr_row + ((s_full - s0) // TILE) * SROW, h)
         tl.debug_barrier()
         # backward over the block's tiles, the partial last one first
         if s_full < s1:
-            h = tl.load(scr_row + ((s_full - s0) // TILE) * BD * NP)
+            h = tl.load(scr_row + ((s_full - s0) // TILE) * SROW)
             m0 = dmask & (s_full < s1)
             m1 = dmask & (s_full + 1 < s1)
             x0r, u0r, g0r, z0r = _load_rows(s_full, m0, dt_row, u_row, g_row, z_row, HAS_Z)
@@ -249,7 +259,7 @@ def _bwd_kernel(
             if TILE >= 2:
                 x1r, u1r, g1r, z1r = _load_rows(t0 - TILE + 1, mn, dt_row, u_row, g_row, z_row,
                                                 HAS_Z)
-            h = tl.load(scr_row + ((t0 - s0) // TILE) * BD * NP)
+            h = tl.load(scr_row + ((t0 - s0) // TILE) * SROW)
             lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc = _bwd_tile(
                 h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, c0x, c0u, c0g, c0z, c1x, c1u,
                 c1g, c1z, t0, s1, dmask, nmask2, A2, bias, Bd, Cd, Dd, du_row, ddt_row, dz_row,
