@@ -40,6 +40,7 @@ def _load_rows(t, m, dt_row, u_row, g_row, z_row, HAS_Z: tl.constexpr):
 
 @triton.jit
 def _load_xu(t, m, dt_row, u_row):
+    """Step t's delta and u as stored."""
     return tl.load(dt_row + t, mask=m, other=0.0), tl.load(u_row + t, mask=m, other=0.0)
 
 
@@ -215,19 +216,20 @@ def _bwd_kernel(
         s_full = s0 + ((s1 - s0) // TILE) * TILE
         h = tl.load(ck_row + (s0 // CKPT).to(tl.int64) * dim * N, mask=dn2, other=0.0)
         # forward over the block: the state entering every tile goes to scratch. Each tile's
-        # inputs are loaded during the tile before (a0r.. / a1r.., masked past L)
-        a0r, a1r = _load_xu(s0, dmask, dt_row, u_row)
-        b0r, b1r = _load_xu(s0 + 1, dmask & (s0 + 1 < L), dt_row, u_row)
+        # delta and u (x0r, u0r: its first step, x1r, u1r: its second) are loaded during the
+        # tile before, masked past L
+        x0r, u0r = _load_xu(s0, dmask, dt_row, u_row)
+        x1r, u1r = _load_xu(s0 + 1, dmask & (s0 + 1 < L), dt_row, u_row)
         for t0 in range(s0, s_full, TILE):
             tl.store(scr_row + ((t0 - s0) // TILE) * SROW, h)
-            xr, ur, xr1, ur1 = a0r, a1r, b0r, b1r
-            a0r, a1r = _load_xu(t0 + TILE, dmask & (t0 + TILE < L), dt_row, u_row)
+            c0x, c0u, c1x, c1u = x0r, u0r, x1r, u1r
+            x0r, u0r = _load_xu(t0 + TILE, dmask & (t0 + TILE < L), dt_row, u_row)
             if TILE >= 2:
-                b0r, b1r = _load_xu(t0 + TILE + 1, dmask & (t0 + TILE + 1 < L), dt_row, u_row)
-            h = _state_step(h, xr, ur, t0, dmask, nmask2, A2, bias, Bd, B_row2, N, HAS_BIAS,
+                x1r, u1r = _load_xu(t0 + TILE + 1, dmask & (t0 + TILE + 1 < L), dt_row, u_row)
+            h = _state_step(h, c0x, c0u, t0, dmask, nmask2, A2, bias, Bd, B_row2, N, HAS_BIAS,
                             SOFTPLUS, B_VAR)
             if TILE >= 2:
-                h = _state_step(h, xr1, ur1, t0 + 1, dmask, nmask2, A2, bias, Bd, B_row2, N,
+                h = _state_step(h, c1x, c1u, t0 + 1, dmask, nmask2, A2, bias, Bd, B_row2, N,
                                 HAS_BIAS, SOFTPLUS, B_VAR)
         if s_full < s1:
             tl.store(scr_row + ((s_full - s0) // TILE) * SROW, h)
