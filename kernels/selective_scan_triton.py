@@ -273,14 +273,21 @@ def _fwd_kernel(
 
 
 @triton.jit
-def _fwd_combine_kernel(ck_ptr, hloc_ptr, sdt_ptr, A_ptr, dim, n_ck, n_chunks, CK_PER_CHUNK,
-                        N: tl.constexpr, BLOCK: tl.constexpr):
-    """Chain chunk carries: state entering chunk c+1 = exp(A sum(delta'_c)) * state entering c + local."""
+def _combine_program(A_ptr, dim, N: tl.constexpr, BLOCK: tl.constexpr):
+    """A carry-combine program's batch row, its BLOCK flat (channel, state) indices, their mask,
+    channels and A (times log2 e)."""
     b = tl.program_id(1).to(tl.int64)
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # flat (d, n)
     m = idx < dim * N
-    d = idx // N
     A2 = tl.load(A_ptr + idx, mask=m, other=0.0) * LOG2E
+    return b, idx, m, idx // N, A2
+
+
+@triton.jit
+def _fwd_combine_kernel(ck_ptr, hloc_ptr, sdt_ptr, A_ptr, dim, n_ck, n_chunks, CK_PER_CHUNK,
+                        N: tl.constexpr, BLOCK: tl.constexpr):
+    """Chain chunk carries: state entering chunk c+1 = exp(A sum(delta'_c)) * state entering c + local."""
+    b, idx, m, d, A2 = _combine_program(A_ptr, dim, N, BLOCK)
     ck_row = ck_ptr + b * (n_ck + 1) * dim * N + idx
     h = tl.load(ck_row, mask=m, other=0.0)
     for c in range(0, n_chunks - 1):
@@ -379,11 +386,7 @@ def _bwd_state_kernel(
 def _bwd_combine_kernel(lam_ptr, lloc_ptr, sdt_ptr, A_ptr, dim, n_chunks,
                         N: tl.constexpr, BLOCK: tl.constexpr):
     """Adjoint after each chunk, from the last: lam(c-1) = lloc(c) + exp(A decay(c)) * lam(c)."""
-    b = tl.program_id(1).to(tl.int64)
-    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # flat (d, n)
-    m = idx < dim * N
-    d = idx // N
-    A2 = tl.load(A_ptr + idx, mask=m, other=0.0) * LOG2E
+    b, idx, m, d, A2 = _combine_program(A_ptr, dim, N, BLOCK)
     row = b * n_chunks * dim * N + idx
     lam = tl.load(lam_ptr + row + (n_chunks - 1) * dim * N, mask=m, other=0.0)
     for i in range(0, n_chunks - 1):
