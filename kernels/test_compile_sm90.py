@@ -74,6 +74,8 @@ CASES = {
     "backward, 32 channels, atomic, 1-step tiles": (bwd._bwd_kernel, bwd_consts(32, True, TILE=1)),
     "backward, 4 channels": (bwd._bwd_kernel, bwd_consts(4, False, TILE=2)),
     "backward, 8 channels, atomic": (bwd._bwd_kernel, bwd_consts(8, True, TILE=2)),
+    "forward carry combine": (scan._fwd_combine_kernel, dict(N=16, BLOCK=256)),
+    "adjoint carry combine": (scan._bwd_combine_kernel, dict(N=16, BLOCK=256)),
 }
 # the conv backward at the benchmark's tiles (4 channels x 256 positions), with and without
 # the initial-state paths; x's unit L stride is specialised by the JIT, so pass it as a constant
