@@ -155,7 +155,7 @@ def _bwd_kernel(
     s_Bb, s_Bg, s_Cb, s_Cg,
     L, dim, cpg_B, cpg_C, CH, CKPT, n_ck,
     N: tl.constexpr, NP: tl.constexpr, BD: tl.constexpr, GSUB_B: tl.constexpr,
-    GSUB_C: tl.constexpr, GP_B: tl.constexpr, GP_C: tl.constexpr, BC_ATOMIC: tl.constexpr,
+    GSUB_C: tl.constexpr, BC_ATOMIC: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr,
     TILE: tl.constexpr = 2, SCR_BY_STATE: tl.constexpr = False,
@@ -186,7 +186,7 @@ def _bwd_kernel(
     d0 = pid_d * BD
     B_row2, C_row2, Bd, Cd, dB_row, dC_row, gmask_B, gmask_C = _bwd_bc_rows(
         B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, cpg_B, cpg_C, s_Bb, s_Bg,
-        s_Cb, s_Cg, N, BD, GSUB_B, GSUB_C, GP_B, GP_C, BC_ATOMIC, B_VAR, C_VAR)
+        s_Cb, s_Cg, N, BD, GSUB_B, GSUB_C, BC_ATOMIC, B_VAR, C_VAR)
     ck_row = ck_ptr + b * (n_ck + 1) * dim * N + d2 * N + n2
     # Scratch tiles channel-major (each channel's states contiguous) or, SCR_BY_STATE,
     # state-major with a padded row. A channel-major tile is contiguous as a whole, so Triton
@@ -269,5 +269,5 @@ def _bwd_kernel(
                 GSUB_C, BC_ATOMIC, TILE, False, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR, C_VAR)
         tl.debug_barrier()  # scratch is rewritten by the next block
     _bwd_param_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dinit_ptr, dA_acc, dBf,
-                     dCf, dD_acc, db_acc, d2, dmask, lam, a_nx, b, c, d2, n2, dn2, dim, N, False,
-                     HAS_D, HAS_BIAS, B_VAR, C_VAR, HAS_INIT)
+                     dCf, dD_acc, db_acc, dmask, lam, a_nx, b, c, d2, n2, dn2, dim, N, HAS_D,
+                     HAS_BIAS, B_VAR, C_VAR, HAS_INIT)

@@ -411,13 +411,13 @@ def _ld_bc(row2, off, m2, fixed, VAR: tl.constexpr):
 @triton.jit
 def _bwd_bc_rows(B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, cpg_B, cpg_C,
                  s_Bb, s_Bg, s_Cb, s_Cg, N: tl.constexpr, BD: tl.constexpr, GSUB_B: tl.constexpr,
-                 GSUB_C: tl.constexpr, GP_B: tl.constexpr, GP_C: tl.constexpr,
-                 BC_ATOMIC: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
+                 GSUB_C: tl.constexpr, BC_ATOMIC: tl.constexpr, B_VAR: tl.constexpr,
+                 C_VAR: tl.constexpr):
     """A backward program's B/C single-step rows ([NP, 1], or per channel [NP, BD] when the block
     holds several groups), time-invariant B/C ([NP, BD]), and its partial dB/dC rows: the program
     adds its channels of groups d0 // cpg + g (g < BD // GSUB) into part (d0 % cpg) // BD of
     (parts, batch, groups, L, N) (one part when BC_ATOMIC: atomic sums); [NP, GP] pointers at
-    step 0 (GP = BD // GSUB groups) and their masks."""
+    step 0 (GP = BD // GSUB groups in the block) and their masks."""
     if GSUB_B < BD:
         B_row2 = B_ptr + b * s_Bb + tl.minimum(d2 // cpg_B, dim // cpg_B - 1) * s_Bg + n2
     else:
@@ -426,42 +426,37 @@ def _bwd_bc_rows(B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, 
         C_row2 = C_ptr + b * s_Cb + tl.minimum(d2 // cpg_C, dim // cpg_C - 1) * s_Cg + n2
     else:
         C_row2 = C_ptr + b * s_Cb + (d0 // cpg_C) * s_Cg + n2
-    gB = tl.arange(0, GP_B)[None, :]
-    gC = tl.arange(0, GP_C)[None, :]
+    gB = tl.arange(0, BD // GSUB_B)[None, :]
+    gC = tl.arange(0, BD // GSUB_C)[None, :]
     if BC_ATOMIC:
         dB_row = dB_ptr + (b * (dim // cpg_B) + d0 // cpg_B + gB) * L * N + n2
         dC_row = dC_ptr + (b * (dim // cpg_C) + d0 // cpg_C + gC) * L * N + n2
     else:
         dB_row = dB_ptr + (((d0 % cpg_B) // BD * n_b + b) * (dim // cpg_B) + d0 // cpg_B + gB) * L * N + n2
         dC_row = dC_ptr + (((d0 % cpg_C) // BD * n_b + b) * (dim // cpg_C) + d0 // cpg_C + gC) * L * N + n2
-    gmask_B = (gB < BD // GSUB_B) & (d0 + gB * GSUB_B < dim)
-    gmask_C = (gC < BD // GSUB_C) & (d0 + gC * GSUB_C < dim)
+    gmask_B = d0 + gB * GSUB_B < dim
+    gmask_C = d0 + gC * GSUB_C < dim
     Bd, Cd = _fixed_bc(B_ptr, C_ptr, d2, n2, dn2, N, B_VAR, C_VAR)
     return B_row2, C_row2, Bd, Cd, dB_row, dC_row, gmask_B, gmask_C
 
 
 @triton.jit
 def _bwd_param_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dinit_ptr, dA_acc, dBf, dCf,
-                     dD_acc, db_acc, d, dmask, lam, a_nx, b, c, d2, n2, dn2, dim, N: tl.constexpr,
-                     TILED: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr):
+                     dD_acc, db_acc, dmask, lam, a_nx, b, c, d2, n2, dn2, dim, N: tl.constexpr,
+                     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, B_VAR: tl.constexpr,
+                     C_VAR: tl.constexpr, HAS_INIT: tl.constexpr):
     """A backward program's end: its dA, dD, d(delta_bias) and time-invariant dB/dC added in
-    (d: the channels, shaped like the dD / dbias accumulators; TILED: those are [1, BD, 4], still
-    to be summed over the tile's steps), and for the first chunk the initial state's gradient (the
-    adjoint before step 0)."""
+    (per-channel accumulators [1, BD] at channels d2), and for the first chunk the initial state's
+    gradient (the adjoint before step 0)."""
     tl.atomic_add(dA_ptr + d2 * N + n2, dA_acc, mask=dn2)
     if not B_VAR:
         tl.atomic_add(dB_ptr + d2 * N + n2, dBf, mask=dn2)
     if not C_VAR:
         tl.atomic_add(dC_ptr + d2 * N + n2, dCf, mask=dn2)
     if HAS_D:
-        if TILED:
-            dD_acc = tl.sum(dD_acc, axis=2, keep_dims=True)
-        tl.atomic_add(dD_ptr + d, dD_acc, mask=dmask)
+        tl.atomic_add(dD_ptr + d2, dD_acc, mask=dmask)
     if HAS_BIAS:
-        if TILED:
-            db_acc = tl.sum(db_acc, axis=2, keep_dims=True)
-        tl.atomic_add(dbias_ptr + d, db_acc, mask=dmask)
+        tl.atomic_add(dbias_ptr + d2, db_acc, mask=dmask)
     if HAS_INIT:
         if c == 0:
             tl.store(dinit_ptr + (b * dim + d2) * N + n2, a_nx * lam, mask=dn2)
@@ -590,7 +585,6 @@ class _Problem:
         self.A = A.detach().float().contiguous()
         self.B_var, self.Bf, self.gB = self._bc(B, "B")
         self.C_var, self.Cf, self.gC = self._bc(C, "C")
-        self.B_dtype, self.C_dtype = B.dtype, C.dtype
         self.cpg_B = self.dim // self.gB
         self.cpg_C = self.dim // self.gC
         self.D = None if D is None else D.detach().float().contiguous()
@@ -746,8 +740,7 @@ def _backward(P, u, delta, z, dout, ck, dlast, need_dinit, cfg):
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
         dout.stride(0), dout.stride(1), dim * L, L, *P.bc_strides(),
         L, dim, P.cpg_B, P.cpg_C, cfg.bwd_chunk, cfg.ckpt, n_ck,
-        N=N, NP=NP, BD=BD, GSUB_B=gsub_B, GSUB_C=gsub_C, GP_B=BD // gsub_B, GP_C=BD // gsub_C,
-        BC_ATOMIC=cfg.bwd_bc_atomic,
+        N=N, NP=NP, BD=BD, GSUB_B=gsub_B, GSUB_C=gsub_C, BC_ATOMIC=cfg.bwd_bc_atomic,
         HAS_Z=z is not None,
         HAS_D=P.D is not None, HAS_BIAS=P.bias is not None, SOFTPLUS=P.softplus, B_VAR=P.B_var,
         C_VAR=P.C_var, HAS_INIT=need_dinit, TILE=tile, SCR_BY_STATE=cfg.bwd_scratch_by_state,

@@ -57,7 +57,7 @@ COMMON = dict(N=16, NP=16, HAS_Z=True, HAS_D=True, HAS_BIAS=True, SOFTPLUS=True,
 
 
 def bwd_consts(bd, atomic, by_state=False, **extra):
-    return dict(COMMON, BD=bd, GSUB_B=bd, GSUB_C=bd, GP_B=1, GP_C=1, BC_ATOMIC=atomic,
+    return dict(COMMON, BD=bd, GSUB_B=bd, GSUB_C=bd, BC_ATOMIC=atomic,
                 HAS_INIT=True, SCR_BY_STATE=by_state, **extra)
 
 
