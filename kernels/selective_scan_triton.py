@@ -4,9 +4,10 @@
 
 The expanded state (batch, L, dim, N) never reaches HBM. A thread owns one channel and all its N
 states, lanes and warps span channels; the forward kernels also hold a register tile of 4 time
-steps (``_split4`` gives the per-step slices), the backward goes step by step (2-D tensors only). The recurrence is then plain in-thread arithmetic (per state
-and step: one exp2 and a few multiply-adds), with no cross-lane scans; Triton's own scan lowering
-put time across lanes and cost ~15x more instructions.
+steps (``_split4`` gives the per-step slices), the backward goes step by step (2-D tensors only).
+The recurrence is then plain in-thread arithmetic (per state and step: one exp2 and a few
+multiply-adds), with no cross-lane scans; Triton's own scan lowering put time across lanes and
+cost ~15x more instructions.
 
 * Forward (``_fwd_kernel``): walks its chunk of time tile by tile and writes the state every CKPT
   steps (fp32 "checkpoints", N values per channel) when a backward will follow. Few channels and a
@@ -14,13 +15,13 @@ put time across lanes and cost ~15x more instructions.
   (same kernel, STATE_ONLY) scans each chunk from a zero state, keeping its end state and delta sum;
   ``_fwd_combine_kernel`` chains the carries (h_next = exp(A sum delta) h + h_local); pass 3 rescans
   each chunk from its true start.
-* Backward (``_bwd_kernel`` in selective_scan_bwd_triton, from the per-step helpers here): walks
+* Backward (``_bwd_kernel`` and its helpers in selective_scan_bwd_triton): walks
   its chunk from the end, one checkpoint block at a time: rescan the block forward from its
   checkpoint, keeping the state entering each tile of 2 steps in a per-program scratch (L2), then
   run the tiles in reverse: recompute the tile's states, run the adjoint
   lam_t = C_t dy_t + exp(delta_{t+1} A) lam_{t+1} step by step, and form every gradient. dA, dD,
   d(delta_bias) and time-invariant dB/dC accumulate per thread over the whole chunk; variable dB/dC
-  sum over channels, i.e. across lanes, which ``_put_chan_sum`` does with warp shuffles. The
+  sum over channels, i.e. across lanes, by warp shuffles (``_put_chan_sum``). The
   adjoint carry between chunks comes from ``_bwd_state_kernel`` (each chunk's adjoint at its start
   from a zero carry) and ``_bwd_combine_kernel``, mirroring the forward.
 
@@ -38,7 +39,6 @@ import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)  # turns the exp2 exponents' gradients back into exp's
 # approximate-math inline PTX on the GPU; the interpreter (TRITON_INTERPRET=1) runs plain Triton ops
 FAST_MATH = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 _MAX_N = 64  # states per channel held in registers; larger N goes to the chunked PyTorch path
@@ -304,19 +304,6 @@ def _fwd_combine_kernel(ck_ptr, hloc_ptr, sdt_ptr, A_ptr, dim, n_ck, n_chunks, C
 #   dA += lam a_t h_{t-1} delta_t,  dB_t += lam delta_t u_t,  dC_t += dy_t h_t,  dh_init = a_0 lam_0
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _put_chan_sum(ptr, z, GSUB: tl.constexpr, ATOMIC: tl.constexpr, mask):
-    """Store the sums of z [NP, BD] over each group of GSUB consecutive channels (lanes) at ptr
-    ([NP, groups]), or with ATOMIC add them into it (every program adds into one buffer rather
-    than its own partial). A shuffle reduction, exact in fp32: it ran 0.3-4% faster on the H100
-    than the tensor-core sum it replaced (z @ ones through shared memory, tf32 operands)."""
-    zs = tl.sum(tl.reshape(z, [z.shape[0], z.shape[1] // GSUB, GSUB]), axis=2)
-    if ATOMIC:
-        tl.atomic_add(ptr, zs, mask=mask, sem="relaxed")
-    else:
-        tl.store(ptr, zs, mask=mask)
-
-
-@triton.jit
 def _bwd_state_kernel(
     dt_ptr, z_ptr, g_ptr, A_ptr, C_ptr, bias_ptr, lloc_ptr, sdt_ptr,
     s_tb, s_td, s_zb, s_zd, s_gb, s_gd, s_Cb, s_Cg,
@@ -395,109 +382,6 @@ def _bwd_combine_kernel(lam_ptr, lloc_ptr, sdt_ptr, A_ptr, dim, n_chunks,
         ll = tl.load(lloc_ptr + row + c * dim * N, mask=m, other=0.0)
         lam = ll + tl.exp2(A2 * s) * lam
         tl.store(lam_ptr + row + (c - 1) * dim * N, lam, mask=m)
-
-
-@triton.jit
-def _ld_bc(row2, off, m2, fixed, VAR: tl.constexpr):
-    """B or C at one step as [NP, 1] (per-channel [NP, BD] when groups split the block), or the
-    time-invariant [NP, BD] value. Reloaded per step (L1 hits) so only one step of it is live."""
-    if VAR:
-        r = tl.load(row2 + off, mask=m2, other=0.0)
-    else:
-        r = fixed
-    return r
-
-
-@triton.jit
-def _bwd_bc_rows(B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, cpg_B, cpg_C,
-                 s_Bb, s_Bg, s_Cb, s_Cg, N: tl.constexpr, BD: tl.constexpr, GSUB_B: tl.constexpr,
-                 GSUB_C: tl.constexpr, BC_ATOMIC: tl.constexpr, B_VAR: tl.constexpr,
-                 C_VAR: tl.constexpr):
-    """A backward program's B/C single-step rows ([NP, 1], or per channel [NP, BD] when the block
-    holds several groups), time-invariant B/C ([NP, BD]), and its partial dB/dC rows: the program
-    adds its channels of groups d0 // cpg + g (g < BD // GSUB) into part (d0 % cpg) // BD of
-    (parts, batch, groups, L, N) (one part when BC_ATOMIC: atomic sums); [NP, GP] pointers at
-    step 0 (GP = BD // GSUB groups in the block) and their masks."""
-    if GSUB_B < BD:
-        B_row2 = B_ptr + b * s_Bb + tl.minimum(d2 // cpg_B, dim // cpg_B - 1) * s_Bg + n2
-    else:
-        B_row2 = B_ptr + b * s_Bb + (d0 // cpg_B) * s_Bg + n2
-    if GSUB_C < BD:
-        C_row2 = C_ptr + b * s_Cb + tl.minimum(d2 // cpg_C, dim // cpg_C - 1) * s_Cg + n2
-    else:
-        C_row2 = C_ptr + b * s_Cb + (d0 // cpg_C) * s_Cg + n2
-    gB = tl.arange(0, BD // GSUB_B)[None, :]
-    gC = tl.arange(0, BD // GSUB_C)[None, :]
-    if BC_ATOMIC:
-        dB_row = dB_ptr + (b * (dim // cpg_B) + d0 // cpg_B + gB) * L * N + n2
-        dC_row = dC_ptr + (b * (dim // cpg_C) + d0 // cpg_C + gC) * L * N + n2
-    else:
-        dB_row = dB_ptr + (((d0 % cpg_B) // BD * n_b + b) * (dim // cpg_B) + d0 // cpg_B + gB) * L * N + n2
-        dC_row = dC_ptr + (((d0 % cpg_C) // BD * n_b + b) * (dim // cpg_C) + d0 // cpg_C + gC) * L * N + n2
-    gmask_B = d0 + gB * GSUB_B < dim
-    gmask_C = d0 + gC * GSUB_C < dim
-    Bd, Cd = _fixed_bc(B_ptr, C_ptr, d2, n2, dn2, N, B_VAR, C_VAR)
-    return B_row2, C_row2, Bd, Cd, dB_row, dC_row, gmask_B, gmask_C
-
-
-@triton.jit
-def _bwd_param_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dinit_ptr, dA_acc, dBf, dCf,
-                     dD_acc, db_acc, dmask, lam, a_nx, b, c, d2, n2, dn2, dim, N: tl.constexpr,
-                     HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, B_VAR: tl.constexpr,
-                     C_VAR: tl.constexpr, HAS_INIT: tl.constexpr):
-    """A backward program's end: its dA, dD, d(delta_bias) and time-invariant dB/dC added in
-    (per-channel accumulators [1, BD] at channels d2), and for the first chunk the initial state's
-    gradient (the adjoint before step 0)."""
-    tl.atomic_add(dA_ptr + d2 * N + n2, dA_acc, mask=dn2)
-    if not B_VAR:
-        tl.atomic_add(dB_ptr + d2 * N + n2, dBf, mask=dn2)
-    if not C_VAR:
-        tl.atomic_add(dC_ptr + d2 * N + n2, dCf, mask=dn2)
-    if HAS_D:
-        tl.atomic_add(dD_ptr + d2, dD_acc, mask=dmask)
-    if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + d2, db_acc, mask=dmask)
-    if HAS_INIT:
-        if c == 0:
-            tl.store(dinit_ptr + (b * dim + d2) * N + n2, a_nx * lam, mask=dn2)
-
-
-@triton.jit
-def _tile_step_fwd(h, A2, d, e, y, k, m, Bd, Cd, B_row2, C_row2, dC_row, dCf, gmask_C,
-                   GSUB_C: tl.constexpr, BC_ATOMIC: tl.constexpr, B_VAR: tl.constexpr,
-                   C_VAR: tl.constexpr):
-    """One step of _bwd_tile's forward pass (delta' d, delta' u e, dy y, B/C offset k): the new
-    state, its decay a and a h_prev, the step's <h, C>, and dC (written, or accumulated)."""
-    a = tl.exp2(A2 * d)
-    ha = a * h
-    h = ha + e * _ld_bc(B_row2, k, m, Bd, B_VAR)
-    c = _ld_bc(C_row2, k, m, Cd, C_VAR)
-    s = tl.sum(h * c, axis=0, keep_dims=True)
-    zc = h * y
-    if C_VAR:
-        _put_chan_sum(dC_row + k, zc, GSUB_C, BC_ATOMIC, m & gmask_C)
-    else:
-        dCf += zc
-    return h, a, ha, s, dCf
-
-
-@triton.jit
-def _tile_step_bwd(lam, a_nx, ha, A2, d, e, y, k, m, Bd, Cd, B_row2, C_row2, dB_row, dA_acc, dBf,
-                   gmask_B, GSUB_B: tl.constexpr, BC_ATOMIC: tl.constexpr,
-                   B_VAR: tl.constexpr, C_VAR: tl.constexpr):
-    """One step of _bwd_tile's adjoint pass: lam, the accumulators, dB (written, or
-    accumulated), and the step's <lam, B> and <lam a h_prev, A> (for du and ddelta)."""
-    lam = _ld_bc(C_row2, k, m, Cd, C_VAR) * y + a_nx * lam
-    zb = lam * e
-    if B_VAR:
-        _put_chan_sum(dB_row + k, zb, GSUB_B, BC_ATOMIC, m & gmask_B)
-    else:
-        dBf += zb
-    w = lam * ha
-    dA_acc += w * d
-    q = tl.sum(lam * _ld_bc(B_row2, k, m, Bd, B_VAR), axis=0, keep_dims=True)
-    r = tl.sum(w * A2, axis=0, keep_dims=True)
-    return lam, dA_acc, dBf, q, r
 
 
 # ----------------------------------------------------------------------------------------------
