@@ -236,7 +236,7 @@ def test_rejects_bad_shapes():
 INTERPRETER_CASES = [
     # (batch, dim, L, N, itype, bc, groups, options, config)
     (2, 4, 37, 8, "float32", "var", 1, "all", None),
-    (2, 8, 50, 16, "float32", "var", 2, "all", (1, 16, 8, 1, 16)),      # chunked, 16 channels a backward program
+    (2, 8, 50, 16, "float32", "var", 2, "all", (1, 16, 8, 1, 16)),      # chunked; a 32-channel program, 8 used
     (1, 8, 45, 16, "bfloat16", "var", 4, "all", (1, 16, 8, 1, 16)),     # several groups per block
     (2, 3, 33, 8, "float32", "fixed", 1, "none", (1, 16, 8, 1, 16)),    # time-invariant B/C
     (1, 40, 29, 16, "float32", "varB", 1, "all", (2, 12, 4, 1, 8)),     # two channel blocks
