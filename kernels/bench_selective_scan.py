@@ -161,7 +161,6 @@ def main(argv=None):
             for label, kw in (("bwd 32 ch 6/SM", dict(bwd_programs_per_sm=6)),
                               ("bwd 32 ch 1-step tiles", dict(bwd_steps=1)),
                               ("bwd 32 ch atomic dB/dC", dict(bwd_bc_atomic=True)),
-                              ("bwd scratch by state", dict(bwd_scratch_by_state=True)),
                               ("bwd 32 ch ckpt 64", dict(ckpt=64)),
                               ("fwd 12 warps/SM", dict(fwd_warps_per_sm=12))):
                 plans.append((label, plan_config(batch, dim, L, N_STATE, dev, **kw)))

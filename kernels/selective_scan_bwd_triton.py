@@ -280,11 +280,11 @@ def _bwd_kernel(
     GSUB_C: tl.constexpr, BC_ATOMIC: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr,
-    TILE: tl.constexpr = 2, SCR_BY_STATE: tl.constexpr = False,
+    TILE: tl.constexpr = 2,
 ):
     """Backward of chunk c of BD channels of one batch row; arguments and outputs as _bwd_kernel,
     with the scratch holding the state entering each TILE-step tile ((CKPT // TILE) tiles of
-    BD x NP, or with SCR_BY_STATE NP x (BD + 1))."""
+    BD x NP)."""
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
@@ -310,17 +310,12 @@ def _bwd_kernel(
         B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, cpg_B, cpg_C, s_Bb, s_Bg,
         s_Cb, s_Cg, N, BD, GSUB_B, GSUB_C, BC_ATOMIC, B_VAR, C_VAR)
     ck_row = ck_ptr + b * (n_ck + 1) * dim * N + d2 * N + n2
-    # Scratch tiles channel-major (each channel's states contiguous) or, SCR_BY_STATE,
-    # state-major with a padded row. A channel-major tile is contiguous as a whole, so Triton
-    # loads it as 16-byte vectors, 4 states x 4 channels a thread, and converts it through shared
-    # memory; in a padded state-major tile the lanes read consecutive channels with no provable
-    # vector width, which is the layout of the arithmetic itself.
-    SROW: tl.constexpr = (BD + 1) * NP if SCR_BY_STATE else BD * NP
+    # Scratch tiles channel-major: each tile is contiguous as a whole and moves as 16-byte
+    # vectors. (A state-major tile with padded rows, whose loads take the arithmetic's layout,
+    # ran 7-13% slower on the H100; BENCHMARKS.md, session 12.)
+    SROW: tl.constexpr = BD * NP
     scr_row = scr_ptr + ((pid_d * n_b + b) * n_chunks + c).to(tl.int64) * (CKPT // TILE) * SROW
-    if SCR_BY_STATE:
-        scr_row = scr_row + n2 * (BD + 1) + (d2 - d0)
-    else:
-        scr_row = scr_row + (d2 - d0) * NP + n2
+    scr_row = scr_row + (d2 - d0) * NP + n2
     t_begin = c * CH
     t_end = tl.minimum(t_begin + CH, L)
     lam = tl.load(lam_ptr + ((b * n_chunks + c) * dim + d2) * N + n2, mask=dn2, other=0.0)

@@ -404,10 +404,6 @@ class ScanConfig:
     # variable dB/dC summed over channel blocks with atomic adds into one buffer instead of one
     # partial sum per block (dim / channels of them): less memory, run-to-run rounding differences
     bwd_bc_atomic: bool = False
-    # scratch tiles stored state-major with a padded row instead of channel-major: Triton then
-    # gives the tile loads the arithmetic's layout (sm_90 compile of the 32-channel kernel: 4
-    # barriers a 2-step tile instead of 19, no spills); not yet timed on a GPU
-    bwd_scratch_by_state: bool = False
 
 
 def _sm_count(device) -> int:
@@ -424,7 +420,7 @@ def _chunk(L, ckpt, programs_per_chunk, want_programs):
 
 def plan_config(batch, dim, L, N, device, *, fwd_warps=1, fwd_warps_per_sm=24, ckpt=None,
                 bwd_warps=1, bwd_programs_per_sm=8, bwd_channels=None,
-                bwd_steps=2, bwd_bc_atomic=None, bwd_scratch_by_state=False) -> ScanConfig:
+                bwd_steps=2, bwd_bc_atomic=None) -> ScanConfig:
     """Heuristic launch shape (measured on an H100 with Triton 3.6, see BENCHMARKS.md).
 
     Forward: one-warp programs and enough chunks for ~24 warps per SM; more chunks cost a state
@@ -444,7 +440,7 @@ def plan_config(batch, dim, L, N, device, *, fwd_warps=1, fwd_warps_per_sm=24, c
         bwd_bc_atomic = triton.cdiv(dim, channels) * batch * L * N * 4 > _PARTIALS_MAX_BYTES
     bwd_chunk = _chunk(L, ckpt, batch * triton.cdiv(dim, channels), bwd_programs_per_sm * sms)
     return ScanConfig(fwd_warps, fwd_chunk, ckpt, bwd_warps, bwd_chunk, bwd_channels, bwd_steps,
-                      bwd_bc_atomic, bwd_scratch_by_state)
+                      bwd_bc_atomic)
 
 
 def _rows(x):
@@ -613,8 +609,7 @@ def _backward(P, u, delta, z, dout, ck, dlast, need_dinit, cfg):
     n_dblk = triton.cdiv(dim, BD)
     from .selective_scan_bwd_triton import _bwd_kernel  # it imports this module's helpers
     tile = cfg.bwd_steps  # steps per tile; scratch holds the state entering each
-    srow = (BD + 1) * NP if cfg.bwd_scratch_by_state else BD * NP
-    scratch = torch.empty((n_dblk * batch * n_chunks * triton.cdiv(cfg.ckpt, tile) * srow,),
+    scratch = torch.empty((n_dblk * batch * n_chunks * triton.cdiv(cfg.ckpt, tile) * BD * NP,),
                           **f32)
     _bwd_kernel[(n_dblk, batch, n_chunks)](
         u, delta, zz, dout, P.A, P.Bf, P.Cf, dummy if P.D is None else P.D, bias, ck, lam, scratch,
@@ -627,7 +622,7 @@ def _backward(P, u, delta, z, dout, ck, dlast, need_dinit, cfg):
         N=N, NP=NP, BD=BD, GSUB_B=gsub_B, GSUB_C=gsub_C, BC_ATOMIC=cfg.bwd_bc_atomic,
         HAS_Z=z is not None,
         HAS_D=P.D is not None, HAS_BIAS=P.bias is not None, SOFTPLUS=P.softplus, B_VAR=P.B_var,
-        C_VAR=P.C_var, HAS_INIT=need_dinit, TILE=tile, SCR_BY_STATE=cfg.bwd_scratch_by_state,
+        C_VAR=P.C_var, HAS_INIT=need_dinit, TILE=tile,
         num_warps=max(1, BD // 32))
     if P.B_var:  # partial sums over channel blocks -> (batch, groups, N, L)
         dB = (dB.sum(0) if dB.shape[0] > 1 else dB[0]).transpose(-1, -2)

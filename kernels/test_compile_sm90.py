@@ -56,9 +56,9 @@ COMMON = dict(N=16, NP=16, HAS_Z=True, HAS_D=True, HAS_BIAS=True, SOFTPLUS=True,
               C_VAR=True)
 
 
-def bwd_consts(bd, atomic, by_state=False, **extra):
+def bwd_consts(bd, atomic, **extra):
     return dict(COMMON, BD=bd, GSUB_B=bd, GSUB_C=bd, BC_ATOMIC=atomic,
-                HAS_INIT=True, SCR_BY_STATE=by_state, **extra)
+                HAS_INIT=True, **extra)
 
 
 CASES = {
@@ -69,8 +69,6 @@ CASES = {
                            dict(N=16, NP=16, BD=32, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True,
                                 C_VAR=True, C_GRP=False)),
     "backward, 32 channels": (bwd._bwd_kernel, bwd_consts(32, False, TILE=2)),
-    "backward, 32 channels, state-major scratch": (bwd._bwd_kernel,
-                                                   bwd_consts(32, False, True, TILE=2)),
     "backward, 32 channels, atomic, 1-step tiles": (bwd._bwd_kernel, bwd_consts(32, True, TILE=1)),
     "backward, 4 channels": (bwd._bwd_kernel, bwd_consts(4, False, TILE=2)),
     "backward, 8 channels, atomic": (bwd._bwd_kernel, bwd_consts(8, True, TILE=2)),
