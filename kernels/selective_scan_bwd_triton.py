@@ -231,7 +231,7 @@ def _step_masks(t, tend, dmask, nmask2, MASKED: tl.constexpr):
 
 
 @triton.jit
-def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, x0r, u0r, g0r, z0r, x1r, u1r, g1r,
+def _bwd_tile(h, lam, d_nx, dA_acc, dBf, dCf, dD_acc, db_acc, x0r, u0r, g0r, z0r, x1r, u1r, g1r,
               z1r, t0, tend, dmask, nmask2, A2, bias, Bd, Cd, Dd, du_row, ddt_row, dz_row,
               B_row2, C_row2, dB_row, dC_row, gmask_B, gmask_C, N: tl.constexpr,
               GSUB_B: tl.constexpr, GSUB_C: tl.constexpr, BC_ATOMIC: tl.constexpr,
@@ -240,7 +240,8 @@ def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, x0r, u0r, g0r, z0r
               C_VAR: tl.constexpr):
     """Steps [t0, t0 + TILE) (those < tend if MASKED), TILE 1 or 2, with their inputs as loaded
     by _load_rows (x0r.. step t0, x1r.. step t0 + 1): forward from h, keeping each step's decay
-    and inputs in registers, then back from lam. A longer tile stores fewer states
+    and inputs in registers, then back from lam (d_nx: delta' of step t0 + TILE; returns the
+    tile's first delta' for the tile before). A longer tile stores fewer states
     to scratch but keeps more values live (sm_90, 32 channels: ~255 registers at 1 and 2 steps;
     4-step tiles spilled and were dropped)."""
     m0, k0 = _step_masks(t0, tend, dmask, nmask2, MASKED)
@@ -253,6 +254,9 @@ def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, x0r, u0r, g0r, z0r
             h, x1r, u1r, g1r, z1r, t0 + 1, m1, k1, A2, bias, Bd, Cd, Dd, dz_row, B_row2, C_row2,
             dC_row, dCf, gmask_C, N, GSUB_C, BC_ATOMIC, HAS_Z, HAS_D, HAS_BIAS,
             SOFTPLUS, B_VAR, C_VAR)
+    # the decay of step t0 + TILE, recomputed from its delta' d_nx: carrying the per-channel
+    # delta' between tiles instead of the [NP, BD] decay ran 0.5-1% faster (BENCHMARKS.md)
+    a_nx = tl.exp2(A2 * d_nx)
     if TILE >= 2:
         lam, a_nx, dA_acc, dBf, pd, pb = _out_step(
             lam, a_nx, a1, ha1, d1, x1, u1, y1, dA_acc, dBf, t0 + 1, m1, k1, A2, Bd, Cd, Dd,
@@ -266,7 +270,7 @@ def _bwd_tile(h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, x0r, u0r, g0r, z0r
         B_VAR, C_VAR)
     dD_acc += pd
     db_acc += pb
-    return lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc
+    return lam, d0, dA_acc, dBf, dCf, dD_acc, db_acc
 
 
 @triton.jit
@@ -320,7 +324,6 @@ def _bwd_kernel(
     t_end = tl.minimum(t_begin + CH, L)
     lam = tl.load(lam_ptr + ((b * n_chunks + c) * dim + d2) * N + n2, mask=dn2, other=0.0)
     d_nx, _ = _load_delta(dt_row + t_end, (t_end < L) & dmask, bias, HAS_BIAS, SOFTPLUS)
-    a_nx = tl.exp2(A2 * d_nx)
     dA_acc = tl.zeros([NP, BD], dtype=tl.float32)
     dBf = tl.zeros([NP, BD], dtype=tl.float32)
     dCf = tl.zeros([NP, BD], dtype=tl.float32)
@@ -358,8 +361,8 @@ def _bwd_kernel(
             m1 = dmask & (s_full + 1 < s1)
             x0r, u0r, g0r, z0r = _load_rows(s_full, m0, dt_row, u_row, g_row, z_row, HAS_Z)
             x1r, u1r, g1r, z1r = _load_rows(s_full + 1, m1, dt_row, u_row, g_row, z_row, HAS_Z)
-            lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc = _bwd_tile(
-                h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, x0r, u0r, g0r, z0r, x1r, u1r,
+            lam, d_nx, dA_acc, dBf, dCf, dD_acc, db_acc = _bwd_tile(
+                h, lam, d_nx, dA_acc, dBf, dCf, dD_acc, db_acc, x0r, u0r, g0r, z0r, x1r, u1r,
                 g1r, z1r, s_full, s1, dmask, nmask2, A2, bias, Bd, Cd, Dd, du_row, ddt_row,
                 dz_row, B_row2, C_row2, dB_row, dC_row, gmask_B, gmask_C, N,
                 GSUB_B, GSUB_C, BC_ATOMIC, TILE, True, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR,
@@ -379,12 +382,12 @@ def _bwd_kernel(
                 x1r, u1r, g1r, z1r = _load_rows(t0 - TILE + 1, mn, dt_row, u_row, g_row, z_row,
                                                 HAS_Z)
             h = tl.load(scr_row + ((t0 - s0) // TILE) * SROW)
-            lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc = _bwd_tile(
-                h, lam, a_nx, dA_acc, dBf, dCf, dD_acc, db_acc, c0x, c0u, c0g, c0z, c1x, c1u,
+            lam, d_nx, dA_acc, dBf, dCf, dD_acc, db_acc = _bwd_tile(
+                h, lam, d_nx, dA_acc, dBf, dCf, dD_acc, db_acc, c0x, c0u, c0g, c0z, c1x, c1u,
                 c1g, c1z, t0, s1, dmask, nmask2, A2, bias, Bd, Cd, Dd, du_row, ddt_row, dz_row,
                 B_row2, C_row2, dB_row, dC_row, gmask_B, gmask_C, N, GSUB_B,
                 GSUB_C, BC_ATOMIC, TILE, False, HAS_Z, HAS_D, HAS_BIAS, SOFTPLUS, B_VAR, C_VAR)
         tl.debug_barrier()  # scratch is rewritten by the next block
     _bwd_param_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dinit_ptr, dA_acc, dBf,
-                     dCf, dD_acc, db_acc, dmask, lam, a_nx, b, c, d2, n2, dn2, dim, N, HAS_D,
-                     HAS_BIAS, B_VAR, C_VAR, HAS_INIT)
+                     dCf, dD_acc, db_acc, dmask, lam, tl.exp2(A2 * d_nx), b, c, d2, n2, dn2, dim,
+                     N, HAS_D, HAS_BIAS, B_VAR, C_VAR, HAS_INIT)
