@@ -34,7 +34,16 @@ def _put_chan_sum(ptr, z, GSUB: tl.constexpr, ATOMIC: tl.constexpr, mask):
     """Store the sums of z [NP, BD] over each group of GSUB consecutive channels (lanes) at ptr
     ([NP, groups]), or with ATOMIC add them into it (every program adds into one buffer rather
     than its own partial). A shuffle reduction, exact in fp32: it ran 0.3-4% faster on the H100
-    than the tensor-core sum it replaced (z @ ones through shared memory, tf32 operands)."""
+    than the tensor-core sum it replaced (z @ ones through shared memory, tf32 operands).
+    One group a block, not ATOMIC: the sum is stored from the first channel's lanes through a
+    pointer broadcast over the block, so the store takes the layout the sum already has (a
+    [NP, 1] store gets its own layout and a conversion through shared memory: 2 barriers a tile
+    fewer, 0.4-0.7% faster, BENCHMARKS.md session 12)."""
+    if GSUB == z.shape[1] and not ATOMIC:
+        zs = tl.sum(z, axis=1, keep_dims=True)
+        lane = tl.arange(0, z.shape[1])[None, :]
+        tl.store(ptr + lane * 0, tl.broadcast_to(zs, z.shape), mask=mask & (lane == 0))
+        return
     zs = tl.sum(tl.reshape(z, [z.shape[0], z.shape[1] // GSUB, GSUB]), axis=2)
     if ATOMIC:
         tl.atomic_add(ptr, zs, mask=mask, sem="relaxed")
