@@ -9,7 +9,7 @@ channel sums of dB/dC step by step. Both loops load a tile's per-channel inputs 
 z) one tile ahead, so their memory latency overlaps the tile before.
 
 Written one time step at a time with 2-D tensors only: states [NP, BD], per-channel values
-[1, BD], B/C rows [NP, 1]. An earlier kernel loaded 4 steps of a channel as one [1, BD, 4] vector;
+[1, BD], B/C rows [NP, BD] (one row broadcast over the block's channels). An earlier kernel loaded 4 steps of a channel as one [1, BD, 4] vector;
 Triton then spread the 4 steps over lanes, each lane repeated the whole recurrence, and the kernel
 needed 2-3x the instructions (BENCHMARKS.md, session 9). The plan runs 32 channels a program (a
 thread owns one channel and its 16 states) with 2-step tiles: fastest of 1/2/4-step tiles at
@@ -53,8 +53,8 @@ def _put_chan_sum(ptr, z, GSUB: tl.constexpr, ATOMIC: tl.constexpr, mask):
 
 @triton.jit
 def _ld_bc(row2, off, m2, fixed, VAR: tl.constexpr):
-    """B or C at one step as [NP, 1] (per-channel [NP, BD] when groups split the block), or the
-    time-invariant [NP, BD] value. Reloaded per step (L1 hits) so only one step of it is live."""
+    """B or C at one step as [NP, BD] (one row broadcast over the channels, or per-channel rows
+    when groups split the block), or the time-invariant [NP, BD] value. Reloaded per step (L1 hits) so only one step of it is live."""
     if VAR:
         r = tl.load(row2 + off, mask=m2, other=0.0)
     else:
@@ -67,19 +67,25 @@ def _bwd_bc_rows(B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, 
                  s_Bb, s_Bg, s_Cb, s_Cg, N: tl.constexpr, BD: tl.constexpr, GSUB_B: tl.constexpr,
                  GSUB_C: tl.constexpr, BC_ATOMIC: tl.constexpr, B_VAR: tl.constexpr,
                  C_VAR: tl.constexpr):
-    """A backward program's B/C single-step rows ([NP, 1], or per channel [NP, BD] when the block
-    holds several groups), time-invariant B/C ([NP, BD]), and its partial dB/dC rows: the program
+    """A backward program's B/C single-step row pointers ([NP, BD]: one group's row broadcast
+    over the channels, or per channel when the block holds several groups), time-invariant B/C ([NP, BD]), and its partial dB/dC rows: the program
     adds its channels of groups d0 // cpg + g (g < BD // GSUB) into part (d0 % cpg) // BD of
     (parts, batch, groups, L, N) (one part when BC_ATOMIC: atomic sums); [NP, GP] pointers at
     step 0 (GP = BD // GSUB groups in the block) and their masks."""
+    # One group's row is loaded through a pointer broadcast over the channels rather than an
+    # [NP, 1] one: Triton then gives the load the 4 states x 4 channels a thread layout of the
+    # state tiles (16-byte vectors). From an [NP, 1] load it computed the adjoint, the decay and
+    # <lam, B> a second time in another layout, and summed dB over 32 lanes there. sm_90
+    # compile: main loop 972 instructions a 2-step tile against 1360, 96 shuffles against 224,
+    # 60 exp2 against 76; 3-7% faster (BENCHMARKS.md, session 12).
     if GSUB_B < BD:
         B_row2 = B_ptr + b * s_Bb + tl.minimum(d2 // cpg_B, dim // cpg_B - 1) * s_Bg + n2
     else:
-        B_row2 = B_ptr + b * s_Bb + (d0 // cpg_B) * s_Bg + n2
+        B_row2 = B_ptr + b * s_Bb + (d0 // cpg_B) * s_Bg + n2 + 0 * (d2 - d0)
     if GSUB_C < BD:
         C_row2 = C_ptr + b * s_Cb + tl.minimum(d2 // cpg_C, dim // cpg_C - 1) * s_Cg + n2
     else:
-        C_row2 = C_ptr + b * s_Cb + (d0 // cpg_C) * s_Cg + n2
+        C_row2 = C_ptr + b * s_Cb + (d0 // cpg_C) * s_Cg + n2 + 0 * (d2 - d0)
     gB = tl.arange(0, BD // GSUB_B)[None, :]
     gC = tl.arange(0, BD // GSUB_C)[None, :]
     if BC_ATOMIC:
