@@ -9,12 +9,14 @@ channel sums of dB/dC step by step. Both loops load a tile's per-channel inputs 
 z) one tile ahead, so their memory latency overlaps the tile before.
 
 Written one time step at a time with 2-D tensors only: states [NP, BD], per-channel values
-[1, BD], B/C rows [NP, BD] (one row broadcast over the block's channels). An earlier kernel loaded 4 steps of a channel as one [1, BD, 4] vector;
-Triton then spread the 4 steps over lanes, each lane repeated the whole recurrence, and the kernel
-needed 2-3x the instructions (BENCHMARKS.md, session 9). The plan runs 32 channels a program (a
-thread owns one channel and its 16 states) with 2-step tiles: fastest of 1/2/4-step tiles at
-2-32 channels on four of the five benchmark shapes (sweep of 2026-11-25; 4-step tiles spilled
-at 32 channels and ran 3-4x slower, so they were dropped).
+[1, BD], B/C rows [NP, BD] (one row broadcast over the block's channels). An earlier kernel
+loaded 4 steps of a channel as one [1, BD, 4] vector; Triton then spread the 4 steps over lanes,
+each lane repeated the whole recurrence, and the kernel needed 2-3x the instructions
+(BENCHMARKS.md, session 9). Triton lays the state tiles out 4 states x 4 channels a thread and
+the per-channel values one channel a lane. The plan runs 32 channels a program (one warp) with
+2-step tiles: fastest of 1/2/4-step tiles at 2-32 channels on four of the five benchmark shapes
+(sweep of 2026-11-25; 4-step tiles spilled at 32 channels and ran 3-4x slower, so they were
+dropped).
 """
 from __future__ import annotations
 
@@ -43,18 +45,19 @@ def _put_chan_sum(ptr, z, GSUB: tl.constexpr, ATOMIC: tl.constexpr, mask):
         zs = tl.sum(z, axis=1, keep_dims=True)
         lane = tl.arange(0, z.shape[1])[None, :]
         tl.store(ptr + lane * 0, tl.broadcast_to(zs, z.shape), mask=mask & (lane == 0))
-        return
-    zs = tl.sum(tl.reshape(z, [z.shape[0], z.shape[1] // GSUB, GSUB]), axis=2)
-    if ATOMIC:
-        tl.atomic_add(ptr, zs, mask=mask, sem="relaxed")
     else:
-        tl.store(ptr, zs, mask=mask)
+        zs = tl.sum(tl.reshape(z, [z.shape[0], z.shape[1] // GSUB, GSUB]), axis=2)
+        if ATOMIC:
+            tl.atomic_add(ptr, zs, mask=mask, sem="relaxed")
+        else:
+            tl.store(ptr, zs, mask=mask)
 
 
 @triton.jit
 def _ld_bc(row2, off, m2, fixed, VAR: tl.constexpr):
     """B or C at one step as [NP, BD] (one row broadcast over the channels, or per-channel rows
-    when groups split the block), or the time-invariant [NP, BD] value. Reloaded per step (L1 hits) so only one step of it is live."""
+    when groups split the block), or the time-invariant [NP, BD] value. Reloaded per step (L1
+    hits) so only one step of it is live."""
     if VAR:
         r = tl.load(row2 + off, mask=m2, other=0.0)
     else:
@@ -68,7 +71,8 @@ def _bwd_bc_rows(B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, 
                  GSUB_C: tl.constexpr, BC_ATOMIC: tl.constexpr, B_VAR: tl.constexpr,
                  C_VAR: tl.constexpr):
     """A backward program's B/C single-step row pointers ([NP, BD]: one group's row broadcast
-    over the channels, or per channel when the block holds several groups), time-invariant B/C ([NP, BD]), and its partial dB/dC rows: the program
+    over the channels, or per channel when the block holds several groups), time-invariant B/C
+    ([NP, BD]), and its partial dB/dC rows: the program
     adds its channels of groups d0 // cpg + g (g < BD // GSUB) into part (d0 % cpg) // BD of
     (parts, batch, groups, L, N) (one part when BC_ATOMIC: atomic sums); [NP, GP] pointers at
     step 0 (GP = BD // GSUB groups in the block) and their masks."""
@@ -331,7 +335,7 @@ def _bwd_kernel(
     ck_row = ck_ptr + b * (n_ck + 1) * dim * N + d2 * N + n2
     # Scratch tiles channel-major: each tile is contiguous as a whole and moves as 16-byte
     # vectors. (A state-major tile with padded rows, whose loads take the arithmetic's layout,
-    # ran 7-13% slower on the H100; BENCHMARKS.md, session 12.)
+    # ran 4-13% slower on the H100; BENCHMARKS.md, session 12.)
     SROW: tl.constexpr = BD * NP
     scr_row = scr_ptr + ((pid_d * n_b + b) * n_chunks + c).to(tl.int64) * (CKPT // TILE) * SROW
     scr_row = scr_row + (d2 - d0) * NP + n2

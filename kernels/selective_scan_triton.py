@@ -2,12 +2,13 @@
 
     x_t = exp(delta_t * A) * x_{t-1} + delta_t * B_t * u_t,   y_t = <x_t, C_t> + D u_t,   out = y * silu(z)
 
-The expanded state (batch, L, dim, N) never reaches HBM. A thread owns one channel and all its N
-states, lanes and warps span channels; the forward kernels also hold a register tile of 4 time
-steps (``_split4`` gives the per-step slices), the backward goes step by step (2-D tensors only).
-The recurrence is then plain in-thread arithmetic (per state and step: one exp2 and a few
-multiply-adds), with no cross-lane scans; Triton's own scan lowering put time across lanes and
-cost ~15x more instructions.
+The expanded state (batch, L, dim, N) never reaches HBM. Time never crosses lanes: a thread
+holds whole recurrences (in the forward one channel and all its N states; in the backward Triton
+lays the state tiles out 4 states x 4 channels a thread), lanes and warps span channels. The
+forward kernels also hold a register tile of 4 time steps (``_split4`` gives the per-step
+slices), the backward goes step by step (2-D tensors only). The recurrence is then plain
+in-thread arithmetic (per state and step: one exp2 and a few multiply-adds), with no cross-lane
+scans; Triton's own scan lowering put time across lanes and cost ~15x more instructions.
 
 * Forward (``_fwd_kernel``): walks its chunk of time tile by tile and writes the state every CKPT
   steps (fp32 "checkpoints", N values per channel) when a backward will follow. Few channels and a
@@ -424,10 +425,10 @@ def plan_config(batch, dim, L, N, device, *, fwd_warps=1, fwd_warps_per_sm=24, c
     """Heuristic launch shape (measured on an H100 with Triton 3.6, see BENCHMARKS.md).
 
     Forward: one-warp programs and enough chunks for ~24 warps per SM; more chunks cost a state
-    pass, fewer leave the exp units idle. Backward: one-warp programs of 32 channels (a thread
-    owns a channel and all its states), 2-step tiles, enough chunks for ~8 programs per SM (the
-    kernel takes ~255 registers): 6-16% faster than the best of 2-16 channels a program at four
-    of the five benchmark shapes, 1% slower at 1 x 256 x 2^20 (sweep of 2026-11-25). Variable
+    pass, fewer leave the exp units idle. Backward: one-warp programs of 32 channels, 2-step
+    tiles, enough chunks for ~8 programs per SM (the kernel takes ~255 registers): 6-16% faster
+    than the best of 2-16 channels a program at four of the five benchmark shapes, 1% slower at
+    1 x 256 x 2^20 (sweep of 2026-11-25). Variable
     dB/dC are summed through one (batch, L, N) fp32 partial per channel block; past 4 GiB of them
     (e.g. dim 8192 at L = 2^20) atomic adds into one buffer take over (``bwd_bc_atomic=None``).
     """
