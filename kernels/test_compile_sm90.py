@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 
 import pytest
 
@@ -89,6 +90,17 @@ def test_scan_kernel_compiles_for_sm90(case):
     fn, consts = CASES[case]
     kernel = compile_sm90(fn, consts)
     assert ".target sm_90" in kernel.asm["ptx"] and len(kernel.asm["cubin"]) > 0
+
+
+def test_backward_computes_each_decay_in_one_layout():
+    """Every exp2 over the backward's [NP, BD] state tiles runs in one register layout. When B/C
+    rows were loaded as [NP, 1], Triton gave them a second layout and computed the adjoint, the
+    decays and the dB sums a second time there. The sm_90 main loop had 1360 instructions
+    against 972 (BENCHMARKS.md, session 12). _bwd_bc_rows' broadcast row pointers prevent it."""
+    fn, consts = CASES["backward, 32 channels"]
+    ttgir = compile_sm90(fn, consts).asm["ttgir"]
+    layouts = set(re.findall(r"math\.exp2 %\S+ : tensor<16x32xf32, (#\w+)>", ttgir))
+    assert len(layouts) == 1, f"decays computed in layouts {sorted(layouts)}"
 
 
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
