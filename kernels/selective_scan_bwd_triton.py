@@ -72,10 +72,10 @@ def _bwd_bc_rows(B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, 
                  C_VAR: tl.constexpr):
     """A backward program's B/C single-step row pointers ([NP, BD]: one group's row broadcast
     over the channels, or per channel when the block holds several groups), time-invariant B/C
-    ([NP, BD]), and its partial dB/dC rows: the program
-    adds its channels of groups d0 // cpg + g (g < BD // GSUB) into part (d0 % cpg) // BD of
-    (parts, batch, groups, L, N) (one part when BC_ATOMIC: atomic sums); [NP, GP] pointers at
-    step 0 (GP = BD // GSUB groups in the block) and their masks."""
+    ([NP, BD]), and its partial dB/dC rows: the program adds its channels of groups
+    d0 // cpg + g (g < BD // GSUB) into part (d0 % cpg) // BD of (parts, batch, groups, L, N)
+    (one part when BC_ATOMIC: atomic sums); [NP, GP] pointers at step 0 (GP = BD // GSUB groups
+    in the block) and their masks."""
     # One group's row is loaded through a pointer broadcast over the channels rather than an
     # [NP, 1] one: Triton then gives the load the 4 states x 4 channels a thread layout of the
     # state tiles (16-byte vectors). From an [NP, 1] load it computed the adjoint, the decay and
@@ -162,8 +162,6 @@ def _tile_step_bwd(lam, a_nx, ha, A2, d, e, y, k, m, Bd, Cd, B_row2, C_row2, dB_
     q = tl.sum(lam * _ld_bc(B_row2, k, m, Bd, B_VAR), axis=0, keep_dims=True)
     r = tl.sum(w * A2, axis=0, keep_dims=True)
     return lam, dA_acc, dBf, q, r
-
-
 
 
 @triton.jit
@@ -260,9 +258,9 @@ def _bwd_tile(h, lam, d_nx, dA_acc, dBf, dCf, dD_acc, db_acc, x0r, u0r, g0r, z0r
     """Steps [t0, t0 + TILE) (those < tend if MASKED), TILE 1 or 2, with their inputs as loaded
     by _load_rows (x0r.. step t0, x1r.. step t0 + 1): forward from h, keeping each step's decay
     and inputs in registers, then back from lam (d_nx: delta' of step t0 + TILE; returns the
-    tile's first delta' for the tile before). A longer tile stores fewer states
-    to scratch but keeps more values live (sm_90, 32 channels: ~255 registers at 1 and 2 steps;
-    4-step tiles spilled and were dropped)."""
+    tile's first delta' for the tile before). A longer tile stores fewer states to scratch but
+    keeps more values live (sm_90, 32 channels: ~255 registers at 1 and 2 steps; 4-step tiles
+    spilled and were dropped)."""
     m0, k0 = _step_masks(t0, tend, dmask, nmask2, MASKED)
     h, a0, ha0, d0, x0, u0, y0, dCf = _in_step(
         h, x0r, u0r, g0r, z0r, t0, m0, k0, A2, bias, Bd, Cd, Dd, dz_row, B_row2, C_row2, dC_row,

@@ -428,9 +428,9 @@ def plan_config(batch, dim, L, N, device, *, fwd_warps=1, fwd_warps_per_sm=24, c
     pass, fewer leave the exp units idle. Backward: one-warp programs of 32 channels, 2-step
     tiles, enough chunks for ~8 programs per SM (the kernel takes ~255 registers): 6-16% faster
     than the best of 2-16 channels a program at four of the five benchmark shapes, 1% slower at
-    1 x 256 x 2^20 (sweep of 2026-11-25). Variable
-    dB/dC are summed through one (batch, L, N) fp32 partial per channel block; past 4 GiB of them
-    (e.g. dim 8192 at L = 2^20) atomic adds into one buffer take over (``bwd_bc_atomic=None``).
+    1 x 256 x 2^20 (sweep of 2026-11-25). Variable dB/dC are summed through one (batch, L, N)
+    fp32 partial per channel block; past 4 GiB of them (e.g. dim 8192 at L = 2^20) atomic adds
+    into one buffer take over (``bwd_bc_atomic=None``).
     """
     sms = _sm_count(device)
     ckpt = ckpt or (64 if L >= 65536 else 32)
