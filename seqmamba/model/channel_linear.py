@@ -90,9 +90,11 @@ class _Linear(torch.autograd.Function):
         for g, n in zip(grads, ctx.parts):  # one output part: rows [row, row + n) of the weight
             wp = w[row:row + n]
             row += n
-            if g is None:
-                dws.append(wp.new_zeros(wp.shape, dtype=torch.float32))
-                dbs.append(wp.new_zeros((n,), dtype=torch.float32))
+            if g is None:  # this part never reached the loss: zero rows where they are needed
+                if need_w:
+                    dws.append(wp.new_zeros(wp.shape, dtype=torch.float32))
+                if need_b:
+                    dbs.append(wp.new_zeros((n,), dtype=torch.float32))
                 continue
             g = g.to(xx.dtype)
             gc = g.mT if out_tokens else g  # (B, n, L)
