@@ -38,6 +38,9 @@ DIVISIBLE = ("L", "dim", "CH", "CKPT", "cpg_B", "cpg_C")
 
 def compile_sm90(fn, consts: dict, num_warps: int = 1):
     names = fn.arg_names
+    source = ASTSource
+    if getattr(fn, "is_gluon", lambda: False)():
+        from triton.experimental.gluon._runtime import GluonASTSource as source
     sig = {}
     for a in names:
         if a in consts:
@@ -48,8 +51,8 @@ def compile_sm90(fn, consts: dict, num_warps: int = 1):
             sig[a] = "i32"
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in names
              if a not in consts and (a.endswith("_ptr") or a.startswith("s_") or a in DIVISIBLE)}
-    src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()},
-                    attrs=attrs)
+    src = source(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()},
+                 attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps))
 
 
@@ -101,6 +104,32 @@ def test_backward_computes_each_decay_in_one_layout():
     ttgir = compile_sm90(fn, consts).asm["ttgir"]
     layouts = set(re.findall(r"math\.exp2 %\S+ : tensor<16x32xf32, (#\w+)>", ttgir))
     assert len(layouts) == 1, f"decays computed in layouts {sorted(layouts)}"
+
+
+try:
+    from seqmamba.kernels import selective_scan_bwd_gluon as gluon_bwd
+except ImportError:  # Triton without Gluon (before 3.5): the Triton backward runs everywhere
+    gluon_bwd = None
+GLUON_CASES = {
+    "gluon backward": bwd_consts(32, False, TILE=2),
+    "gluon backward, atomic dB/dC, no z": dict(bwd_consts(32, True, TILE=2), HAS_Z=False),
+    "gluon backward, fixed B/C, N=4": dict(bwd_consts(32, False, TILE=2), B_VAR=False,
+                                           C_VAR=False, N=4, NP=4),
+}
+
+
+@pytest.mark.skipif(gluon_bwd is None, reason="no triton.experimental.gluon")
+@pytest.mark.parametrize("case", sorted(GLUON_CASES))
+def test_gluon_backward_compiles_for_sm90(case):
+    kernel = compile_sm90(gluon_bwd._bwd_kernel_gluon, GLUON_CASES[case])
+    assert ".target sm_90" in kernel.asm["ptx"]
+    # Per-channel bf16 tensors move as [32, 32] windows (16 bytes a lane). Loads and stores of
+    # one step, one channel a lane ([32] pointer tensors), made the backward 1.4-1.6x slower
+    # (BENCHMARKS.md, session 13); only the step after the chunk (one load) is read that way.
+    ttgir = kernel.asm["ttgir"]
+    assert len(re.findall(r"tt\.load [^\n]*tensor<32x!tt\.ptr<bf16>", ttgir)) <= 1
+    assert not re.findall(r"tt\.store [^\n]*tensor<32x!tt\.ptr<bf16>", ttgir)
+    assert re.findall(r"tt\.load [^\n]*tensor<32x32x!tt\.ptr<bf16>", ttgir)
 
 
 @pytest.mark.parametrize("case", sorted(CONV_CASES))

@@ -189,6 +189,56 @@ def test_chunked_plans(itype, cfg, cuda_gen):
                  floors={"A": fp32_error(x, True, "A", "cuda")})
 
 
+def gluon_config(batch, dim, L, **kw):
+    """The plan for a shape with the Gluon backward required (an error where it cannot run)."""
+    import dataclasses
+    from seqmamba.kernels.selective_scan_triton import plan_config
+    pytest.importorskip("triton.experimental.gluon")
+    return dataclasses.replace(plan_config(batch, dim, L, 16, torch.device("cuda"), **kw),
+                               bwd_gluon=True)
+
+
+@gpu
+@pytest.mark.parametrize("itype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("seqlen", [1, 7, 31, 33, 256, 372, 1134, 4096])
+def test_gluon_backward_seqlen(itype, seqlen, cuda_gen):
+    """The Gluon backward (32-channel blocks of one B/C group) over partial tiles, partial
+    windows and several chunks."""
+    x = make_case(2, 64, seqlen, 16, itype, "cuda", gen=cuda_gen)
+    ours, theirs = run_pair(x, True, reference_fn("cuda"), config=gluon_config(2, 64, seqlen),
+                            gen=cuda_gen)
+    assert_close(ours, theirs, itype, True, "var")
+
+
+@gpu
+@pytest.mark.parametrize("bc,dim,N", [("fixed", 40, 16), ("varB", 32, 16), ("varC", 96, 16),
+                                      ("var", 64, 4), ("fixed", 32, 8)])
+@pytest.mark.parametrize("opts", [(True, True, True, True), (False, False, False, False),
+                                  (False, True, True, True), (True, False, False, True)])
+def test_gluon_backward_options(bc, dim, N, opts, cuda_gen):
+    """Time-invariant B/C (a channel block past dim), small N, and z / D / delta_bias /
+    softplus each off, with an initial state."""
+    has_z, has_D, has_bias, softplus = opts
+    x = make_case(2, dim, 300, N, torch.float32, "cuda", bc=bc, has_z=has_z, has_D=has_D,
+                  has_bias=has_bias, init=True, gen=cuda_gen)
+    ours, theirs = run_pair(x, softplus, reference_fn("cuda"), config=gluon_config(2, dim, 300),
+                            gen=cuda_gen)
+    assert_close(ours, theirs, torch.float32, has_z, bc)
+
+
+@gpu
+@pytest.mark.parametrize("itype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kw", [dict(ckpt=32), dict(ckpt=64), dict(ckpt=96, bwd_bc_atomic=True),
+                                dict(bwd_programs_per_sm=1)])
+def test_gluon_backward_chunked(itype, kw, cuda_gen):
+    """Checkpoint blocks of one to three windows, atomic dB/dC sums, one chunk or many."""
+    x = make_case(2, 96, 4000, 16, itype, "cuda", groups=1, init=True, gen=cuda_gen)
+    ours, theirs = run_pair(x, True, reference_fn("cuda"), config=gluon_config(2, 96, 4000, **kw),
+                            gen=cuda_gen)
+    assert_close(ours, theirs, itype, True, "var",
+                 floors={"A": fp32_error(x, True, "A", "cuda")})
+
+
 @gpu
 def test_without_grad_matches_training_forward(cuda_gen):
     """Inference skips checkpoint writes; outputs and final state must not change."""
