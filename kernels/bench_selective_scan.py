@@ -158,7 +158,7 @@ def main(argv=None):
         plans = [("default", None)]
         if args.sweep:  # backward variants (the forward plan is kept)
             dev = torch.device("cuda")
-            for label, kw in (("bwd Triton kernel", dict(bwd_gluon=False)),
+            for label, kw in (("Triton kernels", dict(gluon=False)),
                               ("bwd 32 ch 6/SM", dict(bwd_programs_per_sm=6)),
                               ("bwd 32 ch 1-step tiles", dict(bwd_steps=1)),
                               ("bwd 32 ch atomic dB/dC", dict(bwd_bc_atomic=True)),

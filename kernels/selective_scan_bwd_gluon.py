@@ -30,20 +30,22 @@ import triton.language as tl
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
+from .gluon_windows import (WIN, _cta_barrier, _flush_out, _get, _put, _stage_in, window,
+                            supports, window_rows, window_steps)
 from .selective_scan_bwd_triton import LN2, _bwd_param_grads
 from .selective_scan_triton import _channel_params, _delta, _load_delta
 
-# Triton 3.8 renamed the CTA barrier (3.6: thread_barrier)
-_cta_barrier = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier
-
 LANES = 32  # channels a program: one warp, one channel a lane
 MAX_NP = 16  # states a lane holds; more would not fit the registers next to the tile's decays
-WIN = gl.constexpr(32)  # steps a staged per-channel window holds
+
+
+COVERS = ("32-channel blocks of one B/C group (or fixed B/C), N <= 16, 2-step tiles and "
+          "checkpoints every multiple of 32 steps")
 
 
 def supported(N, NP, BD, gsub_B, gsub_C, tile, ckpt, B_var, C_var) -> bool:
     """Whether this kernel covers a launch (else the Triton kernel runs)."""
-    return (BD == LANES and NP <= MAX_NP and tile == 2 and ckpt % WIN.value == 0
+    return (BD == LANES and NP <= MAX_NP and tile == 2 and supports(ckpt)
             and (gsub_B == BD or not B_var) and (gsub_C == BD or not C_var))
 
 
@@ -71,39 +73,6 @@ def _put_sums(buf, slot: gl.constexpr, row, t, tend, nT, N: gl.constexpr, T: gl.
         gl.atomic_add(row + t * N + nT, s, mask=m, sem="relaxed")
     else:
         gl.store(row + t * N + nT, s, mask=m)
-
-
-@gluon.jit
-def _get(rows, i, PL: gl.constexpr):
-    """Row i (one step) of a staged window: [BD], one value a lane."""
-    return rows.index(i).load(PL)
-
-
-@gluon.jit
-def _put(rows, i, v):
-    """Store v ([BD], one value a lane) as row i of a staged window."""
-    rows.index(i).store(v.to(rows.dtype))
-
-
-@gluon.jit
-def _bulk(rows, SW2: gl.constexpr):
-    """A staged window ([WIN, BD], addressed by row) as one 2-D view of the same bytes."""
-    return rows._reinterpret(rows.dtype, rows.shape, SW2)
-
-
-@gluon.jit
-def _stage_in(rows, src, w0, tend, cmask, tw, SW2: gl.constexpr):
-    """Window [w0, w0 + WIN) of a per-channel input ([BD, WIN] from channel rows ``src``,
-    coalesced along time, masked past tend) into ``rows`` ([WIN, BD], one row a step)."""
-    v = gl.load(src + (w0 + tw), mask=cmask & (w0 + tw < tend), other=0.0)
-    _bulk(rows, SW2).store(gl.permute(v, [1, 0]))
-
-
-@gluon.jit
-def _flush_out(rows, dst, w0, tend, cmask, tw, SW2: gl.constexpr, LCT: gl.constexpr):
-    """The window's steps < tend of a per-channel output, from ``rows`` to its channel rows."""
-    v = gl.permute(_bulk(rows, SW2).load(LCT), [1, 0])
-    gl.store(dst + (w0 + tw), v, mask=cmask & (w0 + tw < tend))
 
 
 @gluon.jit
@@ -255,26 +224,18 @@ def _bwd_kernel_gluon(
     # S: a lane holds one channel's NP states (tiles [NP, BD]); PL: per-channel values [BD], one
     # a lane, meeting the tiles as [None, :] (a [1, BD] tensor in S would hold NP copies in every
     # lane). T: dB/dC channel sums read back, a lane holds BD * NP / 32 channels of one state row.
-    # LC: per-channel windows [BD, WIN] as moved to and from HBM, 8 steps (16 bytes) a lane, 4
-    # lanes along a channel's 64 contiguous bytes.
     S: gl.constexpr = gl.BlockedLayout([NP, 1], [1, 32], [1, 1], [0, 1])
     PL: gl.constexpr = gl.SliceLayout(0, S)
     T: gl.constexpr = gl.BlockedLayout([1, BD * NP // 32], [NP, 32 // NP], [1, 1], [1, 0])
-    LC: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [1, 1], [1, 0])
-    LCT: gl.constexpr = gl.BlockedLayout([8, 1], [4, 8], [1, 1], [0, 1])  # LC transposed
-    # staging buffers: windows one row a step ([WIN, BD] row-major), indexed by step (SW) or
-    # moved as a whole (SW2, same addresses)
-    SW: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
-    SW2: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
     SM: gl.constexpr = gl.SwizzledSharedLayout(4, 1, 8, [1, 0])
     buf = gl.allocate_shared_memory(gl.float32, [4, NP, BD], SM)
-    x_w = gl.allocate_shared_memory(dt_ptr.dtype.element_ty, [WIN, BD], SW)
-    u_w = gl.allocate_shared_memory(u_ptr.dtype.element_ty, [WIN, BD], SW)
-    g_w = gl.allocate_shared_memory(g_ptr.dtype.element_ty, [WIN, BD], SW)
-    z_w = gl.allocate_shared_memory(z_ptr.dtype.element_ty, [WIN, BD], SW)
-    du_w = gl.allocate_shared_memory(du_ptr.dtype.element_ty, [WIN, BD], SW)
-    ddt_w = gl.allocate_shared_memory(ddt_ptr.dtype.element_ty, [WIN, BD], SW)
-    dz_w = gl.allocate_shared_memory(dz_ptr.dtype.element_ty, [WIN, BD], SW)
+    x_w = window(dt_ptr.dtype.element_ty, BD)
+    u_w = window(u_ptr.dtype.element_ty, BD)
+    g_w = window(g_ptr.dtype.element_ty, BD)
+    z_w = window(z_ptr.dtype.element_ty, BD)
+    du_w = window(du_ptr.dtype.element_ty, BD)
+    ddt_w = window(ddt_ptr.dtype.element_ty, BD)
+    dz_w = window(dz_ptr.dtype.element_ty, BD)
     pid_d = gl.program_id(0)
     b = gl.program_id(1).to(gl.int64)
     c = gl.program_id(2)
@@ -290,18 +251,15 @@ def _bwd_kernel_gluon(
     dn2 = (d2 < dim) & nmask2
     A2, bias, Dd = _channel_params(A_ptr, bias_ptr, D_ptr, d1, d2, n2, dn2, dmask, N, HAS_BIAS,
                                    HAS_D)
-    # channel rows of the per-channel tensors in the window layout LC
-    dc = d0 + gl.arange(0, BD, layout=gl.SliceLayout(1, LC))[:, None]
+    tw = window_steps()
+    dt_rows, dc = window_rows(dt_ptr + b * s_tb, d0, s_td, BD)
     cmask = dc < dim
-    dc64 = dc.to(gl.int64)
-    tw = gl.arange(0, WIN, layout=gl.SliceLayout(0, LC))[None, :]
-    dt_rows = dt_ptr + b * s_tb + dc64 * s_td
-    u_rows = u_ptr + b * s_ub + dc64 * s_ud
-    z_rows = z_ptr + b * s_zb + dc64 * s_zd
-    g_rows = g_ptr + b * s_gb + dc64 * s_gd
-    du_rows = du_ptr + b * s_xb + dc64 * s_xd
-    ddt_rows = ddt_ptr + b * s_xb + dc64 * s_xd
-    dz_rows = dz_ptr + b * s_xb + dc64 * s_xd
+    u_rows, _ = window_rows(u_ptr + b * s_ub, d0, s_ud, BD)
+    z_rows, _ = window_rows(z_ptr + b * s_zb, d0, s_zd, BD)
+    g_rows, _ = window_rows(g_ptr + b * s_gb, d0, s_gd, BD)
+    du_rows, _ = window_rows(du_ptr + b * s_xb, d0, s_xd, BD)
+    ddt_rows, _ = window_rows(ddt_ptr + b * s_xb, d0, s_xd, BD)
+    dz_rows, _ = window_rows(dz_ptr + b * s_xb, d0, s_xd, BD)
     # the block's B/C group rows ([NP, 1], every lane the same 16 values), fixed B/C ([NP, BD]),
     # and its dB/dC rows: part (d0 % cpg) // BD of (parts, batch, groups, L, N), or the one
     # buffer every program adds into (BC_ATOMIC)
@@ -346,8 +304,8 @@ def _bwd_kernel_gluon(
         for wi in range(0, n_win):
             w0 = gl.multiple_of(s0 + wi * WIN, WIN)
             _cta_barrier()  # the window before has been read
-            _stage_in(x_w, dt_rows, w0, s1, cmask, tw, SW2)
-            _stage_in(u_w, u_rows, w0, s1, cmask, tw, SW2)
+            _stage_in(x_w, dt_rows, w0, s1, cmask, tw)
+            _stage_in(u_w, u_rows, w0, s1, cmask, tw)
             _cta_barrier()
             for t0 in range(w0, gl.minimum(w0 + WIN, s_full), 2):
                 gl.store(scr_row + ((t0 - s0) // 2) * SROW, h)
@@ -363,11 +321,11 @@ def _bwd_kernel_gluon(
             w0 = gl.multiple_of(s0 + (n_win - 1 - wr) * WIN, WIN)
             w1 = gl.minimum(w0 + WIN, s1)
             _cta_barrier()
-            _stage_in(x_w, dt_rows, w0, s1, cmask, tw, SW2)
-            _stage_in(u_w, u_rows, w0, s1, cmask, tw, SW2)
-            _stage_in(g_w, g_rows, w0, s1, cmask, tw, SW2)
+            _stage_in(x_w, dt_rows, w0, s1, cmask, tw)
+            _stage_in(u_w, u_rows, w0, s1, cmask, tw)
+            _stage_in(g_w, g_rows, w0, s1, cmask, tw)
             if HAS_Z:
-                _stage_in(z_w, z_rows, w0, s1, cmask, tw, SW2)
+                _stage_in(z_w, z_rows, w0, s1, cmask, tw)
             _cta_barrier()
             w_full = gl.minimum(w1, s_full)
             if w_full < w1:
@@ -386,10 +344,10 @@ def _bwd_kernel_gluon(
                     C_row, dB_row, dC_row, buf, N, PL, T, BC_ATOMIC, False, HAS_Z, HAS_D,
                     HAS_BIAS, SOFTPLUS, B_VAR, C_VAR)
             _cta_barrier()  # the window's outputs are in shared memory
-            _flush_out(du_w, du_rows, w0, w1, cmask, tw, SW2, LCT)
-            _flush_out(ddt_w, ddt_rows, w0, w1, cmask, tw, SW2, LCT)
+            _flush_out(du_w, du_rows, w0, w1, cmask, tw)
+            _flush_out(ddt_w, ddt_rows, w0, w1, cmask, tw)
             if HAS_Z:
-                _flush_out(dz_w, dz_rows, w0, w1, cmask, tw, SW2, LCT)
+                _flush_out(dz_w, dz_rows, w0, w1, cmask, tw)
     _bwd_param_grads(dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dinit_ptr, dA_acc, dBf,
                      dCf, dD_acc, db_acc, dmask, lam, gl.exp2(A2 * d_nx[None, :]), b, c, d2, n2,
                      dn2, dim, N, False, False, B_VAR, C_VAR, HAS_INIT)

@@ -405,10 +405,11 @@ class ScanConfig:
     # variable dB/dC summed over channel blocks with atomic adds into one buffer instead of one
     # partial sum per block (dim / channels of them): less memory, run-to-run rounding differences
     bwd_bc_atomic: bool = False
-    # backward kernel: the Gluon one (selective_scan_bwd_gluon; explicit layouts) where it covers
-    # the launch and this Triton has Gluon, else the Triton one. None: that choice; True: Gluon
-    # (an error where it cannot run); False: always the Triton kernel
-    bwd_gluon: Optional[bool] = None
+    # backward kernel: the Gluon one (selective_scan_bwd_gluon: per-channel data moved in 32-step
+    # windows) where it covers the launch and this Triton has Gluon, else the Triton one. None:
+    # that choice; True: Gluon (an error where it cannot run); False: always the Triton kernel.
+    # (A Gluon forward built the same way was slower than the Triton one; BENCHMARKS.md)
+    gluon: Optional[bool] = None
 
 
 def _sm_count(device) -> int:
@@ -425,7 +426,7 @@ def _chunk(L, ckpt, programs_per_chunk, want_programs):
 
 def plan_config(batch, dim, L, N, device, *, fwd_warps=1, fwd_warps_per_sm=24, ckpt=None,
                 bwd_warps=1, bwd_programs_per_sm=8, bwd_channels=None,
-                bwd_steps=2, bwd_bc_atomic=None, bwd_gluon=None) -> ScanConfig:
+                bwd_steps=2, bwd_bc_atomic=None, gluon=None) -> ScanConfig:
     """Heuristic launch shape (measured on an H100 with Triton 3.6, see BENCHMARKS.md).
 
     Forward: one-warp programs and enough chunks for ~24 warps per SM; more chunks cost a state
@@ -445,7 +446,7 @@ def plan_config(batch, dim, L, N, device, *, fwd_warps=1, fwd_warps_per_sm=24, c
         bwd_bc_atomic = triton.cdiv(dim, channels) * batch * L * N * 4 > _PARTIALS_MAX_BYTES
     bwd_chunk = _chunk(L, ckpt, batch * triton.cdiv(dim, channels), bwd_programs_per_sm * sms)
     return ScanConfig(fwd_warps, fwd_chunk, ckpt, bwd_warps, bwd_chunk, bwd_channels, bwd_steps,
-                      bwd_bc_atomic, bwd_gluon)
+                      bwd_bc_atomic, gluon)
 
 
 def _rows(x):
@@ -568,29 +569,28 @@ def _forward(P, u, delta, z, initial_state, cfg, ckpt):
     return out, ck
 
 
-def _bwd_kernel_for(P, BD, gsub_B, gsub_C, cfg, device):
-    """The backward kernel for a launch: see ScanConfig.bwd_gluon."""
-    from .selective_scan_bwd_triton import _bwd_kernel  # they import this module's helpers
-    if cfg.bwd_gluon is False:
-        return _bwd_kernel
+def _gluon_or(triton_kernel, module, covered, what, cfg, device):
+    """The Gluon kernel ``module``'s (``covered``: whether it covers the launch) or the Triton
+    one: see ScanConfig.gluon."""
+    if cfg.gluon is False:
+        return triton_kernel
     why = None
     if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
-        why = "Gluon kernels need a GPU (the interpreter runs the Triton kernel)"
+        why = "Gluon kernels need a GPU (the interpreter runs the Triton kernels)"
     else:
         try:
-            from . import selective_scan_bwd_gluon as G
+            import importlib
+            mod = importlib.import_module(f".{module}", __package__)
         except ImportError as e:  # Triton without triton.experimental.gluon (before 3.5)
             why = f"no Gluon in this Triton ({e})"
         else:
-            if not G.supported(P.N, P.NP, BD, gsub_B, gsub_C, cfg.bwd_steps, cfg.ckpt, P.B_var,
-                               P.C_var):
-                why = ("the Gluon backward covers 32-channel blocks of one B/C group, N <= 16, "
-                       "2-step tiles and checkpoints every multiple of 32 steps")
+            if not covered(mod):
+                why = f"the Gluon {what} covers {mod.COVERS}"
     if why is None:
-        return G._bwd_kernel_gluon
-    if cfg.bwd_gluon:
-        raise ValueError(f"ScanConfig.bwd_gluon=True, but {why}")
-    return _bwd_kernel
+        return getattr(mod, triton_kernel.__name__ + "_gluon")
+    if cfg.gluon:
+        raise ValueError(f"ScanConfig.gluon=True, but {why}")
+    return triton_kernel
 
 
 def _backward(P, u, delta, z, dout, ck, dlast, need_dinit, cfg):
@@ -637,7 +637,11 @@ def _backward(P, u, delta, z, dout, ck, dlast, need_dinit, cfg):
         _bwd_combine_kernel[(triton.cdiv(dim * N, BLOCK), batch)](
             lam, lloc, sdt, P.A, dim, n_chunks, N=N, BLOCK=BLOCK, num_warps=4)
     n_dblk = triton.cdiv(dim, BD)
-    kernel = _bwd_kernel_for(P, BD, gsub_B, gsub_C, cfg, dev)
+    from .selective_scan_bwd_triton import _bwd_kernel  # it imports this module's helpers
+    kernel = _gluon_or(_bwd_kernel, "selective_scan_bwd_gluon",
+                       lambda G: G.supported(P.N, P.NP, BD, gsub_B, gsub_C, cfg.bwd_steps,
+                                             cfg.ckpt, P.B_var, P.C_var),
+                       "backward", cfg, dev)
     tile = cfg.bwd_steps  # steps per tile; scratch holds the state entering each
     scratch = torch.empty((n_dblk * batch * n_chunks * triton.cdiv(cfg.ckpt, tile) * BD * NP,),
                           **f32)

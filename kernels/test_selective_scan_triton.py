@@ -195,7 +195,7 @@ def gluon_config(batch, dim, L, **kw):
     from seqmamba.kernels.selective_scan_triton import plan_config
     pytest.importorskip("triton.experimental.gluon")
     return dataclasses.replace(plan_config(batch, dim, L, 16, torch.device("cuda"), **kw),
-                               bwd_gluon=True)
+                               gluon=True)
 
 
 @gpu
@@ -211,16 +211,17 @@ def test_gluon_backward_seqlen(itype, seqlen, cuda_gen):
 
 
 @gpu
-@pytest.mark.parametrize("bc,dim,N", [("fixed", 40, 16), ("varB", 32, 16), ("varC", 96, 16),
-                                      ("var", 64, 4), ("fixed", 32, 8)])
+@pytest.mark.parametrize("bc,dim,N,groups", [("fixed", 40, 16, 1), ("varB", 32, 16, 1),
+                                             ("varC", 96, 16, 1), ("var", 64, 4, 1),
+                                             ("fixed", 32, 8, 1), ("var", 64, 16, 2)])
 @pytest.mark.parametrize("opts", [(True, True, True, True), (False, False, False, False),
                                   (False, True, True, True), (True, False, False, True)])
-def test_gluon_backward_options(bc, dim, N, opts, cuda_gen):
-    """Time-invariant B/C (a channel block past dim), small N, and z / D / delta_bias /
-    softplus each off, with an initial state."""
+def test_gluon_backward_options(bc, dim, N, groups, opts, cuda_gen):
+    """Time-invariant B/C (a channel block past dim), small N, two B/C groups, and z / D /
+    delta_bias / softplus each off, with an initial state."""
     has_z, has_D, has_bias, softplus = opts
-    x = make_case(2, dim, 300, N, torch.float32, "cuda", bc=bc, has_z=has_z, has_D=has_D,
-                  has_bias=has_bias, init=True, gen=cuda_gen)
+    x = make_case(2, dim, 300, N, torch.float32, "cuda", bc=bc, groups=groups, has_z=has_z,
+                  has_D=has_D, has_bias=has_bias, init=True, gen=cuda_gen)
     ours, theirs = run_pair(x, softplus, reference_fn("cuda"), config=gluon_config(2, dim, 300),
                             gen=cuda_gen)
     assert_close(ours, theirs, torch.float32, has_z, bc)
