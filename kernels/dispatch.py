@@ -44,12 +44,25 @@ def use_triton(t: torch.Tensor) -> bool:
     return t.is_cuda and triton_available()
 
 
+@functools.lru_cache(maxsize=None)
+def gluon_available() -> bool:
+    """Whether Triton has Gluon (3.5+), which the fast scan backward is written in."""
+    if not triton_available():
+        return False
+    try:
+        import triton.experimental.gluon  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
 def describe() -> dict:
     """What `seqmamba info` prints about the kernels."""
     cuda = torch.cuda.is_available()
     return {
         "mode": kernel_mode(),
         "triton_importable": triton_available(),
+        "gluon_importable": gluon_available(),
         "cuda_available": cuda,
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "path": "triton" if (cuda and triton_available() and kernel_mode() != "torch") else "torch",

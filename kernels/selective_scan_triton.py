@@ -569,6 +569,9 @@ def _forward(P, u, delta, z, initial_state, cfg, ckpt):
     return out, ck
 
 
+_GLUON_FAILED: list = []  # the first Gluon compile error seen in this process, if any
+
+
 def _gluon_or(triton_kernel, module, covered, what, cfg, device):
     """The Gluon kernel ``module``'s (``covered``: whether it covers the launch) or the Triton
     one: see ScanConfig.gluon."""
@@ -577,12 +580,14 @@ def _gluon_or(triton_kernel, module, covered, what, cfg, device):
     why = None
     if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         why = "Gluon kernels need a GPU (the interpreter runs the Triton kernels)"
+    elif _GLUON_FAILED:
+        why = f"it failed to compile in this process ({_GLUON_FAILED[0]})"
     else:
         try:
             import importlib
             mod = importlib.import_module(f".{module}", __package__)
-        except ImportError as e:  # Triton without triton.experimental.gluon (before 3.5)
-            why = f"no Gluon in this Triton ({e})"
+        except Exception as e:  # no triton.experimental.gluon (before 3.5), or its API moved
+            why = f"no usable Gluon in this Triton ({type(e).__name__}: {e})"
         else:
             if not covered(mod):
                 why = f"the Gluon {what} covers {mod.COVERS}"
@@ -591,6 +596,24 @@ def _gluon_or(triton_kernel, module, covered, what, cfg, device):
     if cfg.gluon:
         raise ValueError(f"ScanConfig.gluon=True, but {why}")
     return triton_kernel
+
+
+def _launch_or_fall_back(kernel, triton_kernel, cfg, grid, args, kwargs):
+    """Launch ``kernel``; if it is a Gluon kernel that this Triton cannot compile (Gluon is
+    experimental and its API moves between releases), warn once and run the Triton kernel,
+    which then serves every later call. A compile error happens before anything is written."""
+    from triton.compiler.errors import CompilationError
+    try:
+        kernel[grid](*args, **kwargs)
+    except CompilationError as e:
+        if kernel is triton_kernel or cfg.gluon:
+            raise
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        _GLUON_FAILED.append(first)
+        import warnings
+        warnings.warn(f"seqmamba: the Gluon scan backward does not compile with Triton "
+                      f"{triton.__version__} ({first}); using the Triton kernel", RuntimeWarning)
+        triton_kernel[grid](*args, **kwargs)
 
 
 def _backward(P, u, delta, z, dout, ck, dlast, need_dinit, cfg):
@@ -645,19 +668,21 @@ def _backward(P, u, delta, z, dout, ck, dlast, need_dinit, cfg):
     tile = cfg.bwd_steps  # steps per tile; scratch holds the state entering each
     scratch = torch.empty((n_dblk * batch * n_chunks * triton.cdiv(cfg.ckpt, tile) * BD * NP,),
                           **f32)
-    kernel[(n_dblk, batch, n_chunks)](
+    args = (
         u, delta, zz, dout, P.A, P.Bf, P.Cf, dummy if P.D is None else P.D, bias, ck, lam, scratch,
         du, ddelta, dz if dz is not None else du, dA, dB, dC,
         dD if dD is not None else dA, dbias if dbias is not None else dA,
         dinit if dinit is not None else dA,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
         dout.stride(0), dout.stride(1), dim * L, L, *P.bc_strides(),
-        L, dim, P.cpg_B, P.cpg_C, cfg.bwd_chunk, cfg.ckpt, n_ck,
+        L, dim, P.cpg_B, P.cpg_C, cfg.bwd_chunk, cfg.ckpt, n_ck)
+    kwargs = dict(
         N=N, NP=NP, BD=BD, GSUB_B=gsub_B, GSUB_C=gsub_C, BC_ATOMIC=cfg.bwd_bc_atomic,
         HAS_Z=z is not None,
         HAS_D=P.D is not None, HAS_BIAS=P.bias is not None, SOFTPLUS=P.softplus, B_VAR=P.B_var,
         C_VAR=P.C_var, HAS_INIT=need_dinit, TILE=tile,
         num_warps=max(1, BD // 32))
+    _launch_or_fall_back(kernel, _bwd_kernel, cfg, (n_dblk, batch, n_chunks), args, kwargs)
     if P.B_var:  # partial sums over channel blocks -> (batch, groups, N, L)
         dB = (dB.sum(0) if dB.shape[0] > 1 else dB[0]).transpose(-1, -2)
     if P.C_var:

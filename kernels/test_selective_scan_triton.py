@@ -11,6 +11,9 @@ variable must be set before triton is imported), at small shapes, through every 
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib.util
 import os
 import subprocess
 import sys
@@ -249,6 +252,52 @@ def test_without_grad_matches_training_forward(cuda_gen):
     with torch.no_grad():
         out2, last2 = call(selective_scan_triton, x, True)
     assert torch.equal(out, out2) and torch.equal(last, last2)
+
+
+def test_gluon_choice_and_fallback(monkeypatch):
+    """Which backward kernel runs (ScanConfig.gluon), and the fallback to the Triton kernel when
+    the Gluon one does not compile (its API is experimental): once, with a warning, then for
+    every later call. Fake kernels, so it runs without a GPU."""
+    triton = pytest.importorskip("triton")
+    from triton.compiler.errors import CompilationError
+    import seqmamba.kernels.selective_scan_triton as S
+    monkeypatch.setattr(S, "_GLUON_FAILED", [])
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    cfg = S.ScanConfig(1, 256, 32, 1, 256)
+
+    class Fake:
+        def __init__(self, name, error=None):
+            self.__name__, self.error, self.calls = name, error, []
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                if self.error is not None:
+                    raise self.error
+                self.calls.append(args)
+            return launch
+
+    fallback = Fake("_bwd_kernel")
+    pick = functools.partial(S._gluon_or, fallback, "selective_scan_bwd_gluon")
+    if importlib.util.find_spec("triton.experimental.gluon") is not None:
+        from seqmamba.kernels import selective_scan_bwd_gluon as G
+        assert pick(lambda G: True, "backward", cfg, cuda) is G._bwd_kernel_gluon
+        assert pick(lambda G: False, "backward", cfg, cuda) is fallback
+        with pytest.raises(ValueError, match="covers"):
+            pick(lambda G: False, "backward", dataclasses.replace(cfg, gluon=True), cuda)
+    assert pick(lambda G: True, "backward", cfg, cpu) is fallback
+    assert pick(lambda G: True, "backward", dataclasses.replace(cfg, gluon=False), cuda) is fallback
+
+    broken = Fake("_bwd_kernel_gluon", CompilationError("src", None, "no such layout"))
+    with pytest.warns(RuntimeWarning, match="does not compile"):
+        S._launch_or_fall_back(broken, fallback, cfg, (1,), (7,), {})
+    assert fallback.calls == [(7,)] and S._GLUON_FAILED
+    assert pick(lambda G: True, "backward", cfg, cuda) is fallback  # later calls: Triton
+    with pytest.raises(CompilationError):  # required Gluon: the error is the user's to see
+        S._launch_or_fall_back(broken, fallback, dataclasses.replace(cfg, gluon=True), (1,),
+                               (7,), {})
+    with pytest.raises(RuntimeError):  # anything but a compile error propagates
+        S._launch_or_fall_back(Fake("g", RuntimeError("launch failed")), fallback, cfg, (1,),
+                               (7,), {})
 
 
 def test_plan_backward_shape():
