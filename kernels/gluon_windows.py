@@ -39,8 +39,8 @@ def window(dtype, BD: gl.constexpr):
 @gluon.jit
 def window_rows(base, d0, stride, BD: gl.constexpr):
     """Pointers to the program's channel rows ([BD, 1], WINDOW_IO) of a per-channel tensor
-    (base: batch row; stride: channel stride), and their mask against ``dim`` left to the caller
-    via the channel index returned with them."""
+    (base: its batch row; stride: its channel stride), and the channel indices, for the caller's
+    mask against dim."""
     dc = d0 + gl.arange(0, BD, layout=gl.SliceLayout(1, WINDOW_IO))[:, None]
     return base + dc.to(gl.int64) * stride, dc
 

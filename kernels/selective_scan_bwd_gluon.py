@@ -30,15 +30,13 @@ import triton.language as tl
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
-from .gluon_windows import (WIN, _cta_barrier, _flush_out, _get, _put, _stage_in, window,
-                            supports, window_rows, window_steps)
+from .gluon_windows import (WIN, _cta_barrier, _flush_out, _get, _put, _stage_in, supports,
+                            window, window_rows, window_steps)
 from .selective_scan_bwd_triton import LN2, _bwd_param_grads
 from .selective_scan_triton import _channel_params, _delta, _load_delta
 
 LANES = 32  # channels a program: one warp, one channel a lane
 MAX_NP = 16  # states a lane holds; more would not fit the registers next to the tile's decays
-
-
 COVERS = ("32-channel blocks of one B/C group (or fixed B/C), N <= 16, 2-step tiles and "
           "checkpoints every multiple of 32 steps")
 

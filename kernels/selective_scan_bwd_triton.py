@@ -1,5 +1,10 @@
 """Fused Triton selective scan, backward: ``_bwd_kernel`` (launched by selective_scan_triton).
 
+On a GPU with Gluon the same algorithm runs as selective_scan_bwd_gluon's kernel, 1.2-1.6x
+faster (its per-channel loads and stores move whole 32-step windows; this kernel's touch 32 rows
+of memory per instruction). This one serves the launches that kernel does not cover, Tritons
+without Gluon, and the interpreter.
+
 Algorithm (selective_scan_triton's docstring has the whole picture): each program walks its chunk
 of time from the end, one checkpoint block at a time. It rescans the block forward from its
 checkpoint, storing the state entering every tile of TILE steps in its scratch (L2-resident),
