@@ -32,8 +32,8 @@ from triton.experimental.gluon import language as gl
 
 from .gluon_windows import (WIN, _cta_barrier, _flush_out, _get, _put, _stage_in, supports,
                             window, window_rows, window_steps)
-from .selective_scan_bwd_triton import LN2, _bwd_param_grads
-from .selective_scan_triton import _channel_params, _delta, _load_delta
+from .selective_scan_bwd_triton import LN2, _bwd_param_grads, _ld_bc, _step_masks
+from .selective_scan_triton import _channel_params, _delta, _fwd_step, _load_delta
 
 LANES = 32  # channels a program: one warp, one channel a lane
 MAX_NP = 16  # states a lane holds; more would not fit the registers next to the tile's decays
@@ -45,17 +45,6 @@ def supported(N, NP, BD, gsub_B, gsub_C, tile, ckpt, B_var, C_var) -> bool:
     """Whether this kernel covers a launch (else the Triton kernel runs)."""
     return (BD == LANES and NP <= MAX_NP and tile == 2 and supports(ckpt)
             and (gsub_B == BD or not B_var) and (gsub_C == BD or not C_var))
-
-
-@gluon.jit
-def _ld_row(row, k, m, fixed, VAR: gl.constexpr):
-    """B or C at one step ([NP, 1], the group's row, the same in every lane), or the
-    time-invariant [NP, BD] value. Reloaded per use (L1 hits) so only one step of it is live."""
-    if VAR:
-        r = gl.load(row + k, mask=m, other=0.0)
-    else:
-        r = fixed
-    return r
 
 
 @gluon.jit
@@ -93,14 +82,14 @@ def _in_step(h, xr, ur, gr, zr, t, i, m, mb, A2, bias, Bd, Cd, Dd, dz_w, B_row, 
         dy = gg
     a = gl.exp2(A2 * dt[None, :])
     ha = a * h
-    h = ha + (dt * uu)[None, :] * _ld_row(B_row, t * N, mb, Bd, B_VAR)
+    h = ha + (dt * uu)[None, :] * _ld_bc(B_row, t * N, mb, Bd, B_VAR)
     zc = h * dy[None, :]
     if C_VAR:
         buf.index(slot).store(zc)
     else:
         dCf += zc
     if HAS_Z:
-        y = gl.sum(h * _ld_row(C_row, t * N, mb, Cd, C_VAR), axis=0)
+        y = gl.sum(h * _ld_bc(C_row, t * N, mb, Cd, C_VAR), axis=0)
         if HAS_D:
             y += Dd * uu
         _put(dz_w, i, gg * sz * (1.0 + zz * (1.0 - sz)) * y)
@@ -115,7 +104,7 @@ def _out_step(lam, a_nx, a, ha, dt, x, uu, dy, dA_acc, dBf, dD_acc, db_acc, t, i
     """Step t (row i of the window) backward: lam_t = C_t dy_t + a_{t+1} lam_{t+1}, the
     accumulators, dB_t's terms lam delta' u staged in ``slot`` (or added to dBf), du_t and
     ddelta_t put in the window's rows. Returns lam_t and a_t (the decay for step t - 1)."""
-    lam = _ld_row(C_row, t * N, mb, Cd, C_VAR) * dy[None, :] + a_nx * lam
+    lam = _ld_bc(C_row, t * N, mb, Cd, C_VAR) * dy[None, :] + a_nx * lam
     zb = lam * (dt * uu)[None, :]
     if B_VAR:
         buf.index(slot).store(zb)
@@ -123,7 +112,7 @@ def _out_step(lam, a_nx, a, ha, dt, x, uu, dy, dA_acc, dBf, dD_acc, db_acc, t, i
         dBf += zb
     w = lam * ha
     dA_acc += w * dt[None, :]
-    q = gl.sum(lam * _ld_row(B_row, t * N, mb, Bd, B_VAR), axis=0)
+    q = gl.sum(lam * _ld_bc(B_row, t * N, mb, Bd, B_VAR), axis=0)
     r = gl.sum(w * A2, axis=0)
     ddt = q * uu + r * LN2  # A2 = A log2(e)
     du = q * dt
@@ -148,15 +137,8 @@ def _bwd_tile(h, lam, d_nx, dA_acc, dBf, dCf, dD_acc, db_acc, t0, w0, tend, dmas
     keeping each step's decay in registers, back from lam (d_nx: delta' of step t0 + 2), then
     the steps' dB/dC channel sums. Returns lam, the tile's first delta' and the accumulators."""
     i0 = t0 - w0
-    m0 = dmask
-    m1 = dmask
-    k0 = nmask2
-    k1 = nmask2
-    if MASKED:
-        m0 = dmask & (t0 < tend)
-        m1 = dmask & (t0 + 1 < tend)
-        k0 = nmask2 & (t0 < tend)
-        k1 = nmask2 & (t0 + 1 < tend)
+    m0, k0 = _step_masks(t0, tend, dmask, nmask2, MASKED)
+    m1, k1 = _step_masks(t0 + 1, tend, dmask, nmask2, MASKED)
     x0r = _get(x_w, i0, PL)
     u0r = _get(u_w, i0, PL)
     g0r = _get(g_w, i0, PL)
@@ -199,8 +181,7 @@ def _state_step(h, x_w, u_w, i, t, m, mb, A2, bias, Bd, B_row, PL: gl.constexpr,
                 B_VAR: gl.constexpr):
     dt, _ = _delta(_get(x_w, i, PL), m, bias, HAS_BIAS, SOFTPLUS)
     uu = _get(u_w, i, PL).to(gl.float32)
-    return (gl.exp2(A2 * dt[None, :]) * h
-            + (dt * uu)[None, :] * _ld_row(B_row, t * N, mb, Bd, B_VAR))
+    return _fwd_step(h, dt[None, :], (dt * uu)[None, :], _ld_bc(B_row, t * N, mb, Bd, B_VAR), A2)
 
 
 @gluon.jit
