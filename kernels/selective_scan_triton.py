@@ -576,11 +576,12 @@ def _forward(P, u, delta, z, initial_state, cfg, ckpt):
 _GLUON_FAILED: list = []  # the first Gluon compile error seen in this process, if any
 
 
-def _gluon_or(triton_kernel, module, covered, what, cfg, device):
-    """The Gluon kernel ``module``'s (``covered``: whether it covers the launch) or the Triton
-    one: see ScanConfig.gluon."""
+def _bwd_kernel_for(P, BD, gsub_B, gsub_C, cfg, device):
+    """The backward kernel for a launch: the Gluon one where it covers it, else the Triton one
+    (see ScanConfig.gluon)."""
+    from .selective_scan_bwd_triton import _bwd_kernel  # it imports this module's helpers
     if cfg.gluon is False:
-        return triton_kernel
+        return _bwd_kernel
     why = None
     if device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         why = "Gluon kernels need a GPU (the interpreter runs the Triton kernels)"
@@ -588,18 +589,18 @@ def _gluon_or(triton_kernel, module, covered, what, cfg, device):
         why = f"it failed to compile in this process ({_GLUON_FAILED[0]})"
     else:
         try:
-            import importlib
-            mod = importlib.import_module(f".{module}", __package__)
+            from . import selective_scan_bwd_gluon as G
         except Exception as e:  # no triton.experimental.gluon (before 3.5), or its API moved
             why = f"no usable Gluon in this Triton ({type(e).__name__}: {e})"
         else:
-            if not covered(mod):
-                why = f"the Gluon {what} covers {mod.COVERS}"
+            if not G.supported(P.N, P.NP, BD, gsub_B, gsub_C, cfg.bwd_steps, cfg.ckpt, P.B_var,
+                               P.C_var):
+                why = f"the Gluon backward covers {G.COVERS}"
     if why is None:
-        return getattr(mod, triton_kernel.__name__ + "_gluon")
+        return G._bwd_kernel_gluon
     if cfg.gluon:
         raise ValueError(f"ScanConfig.gluon=True, but {why}")
-    return triton_kernel
+    return _bwd_kernel
 
 
 def _launch_or_fall_back(kernel, triton_kernel, cfg, grid, args, kwargs):
@@ -612,7 +613,8 @@ def _launch_or_fall_back(kernel, triton_kernel, cfg, grid, args, kwargs):
     except CompilationError as e:
         if kernel is triton_kernel or cfg.gluon:
             raise
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        first = text.splitlines()[-1] if text else type(e).__name__
         _GLUON_FAILED.append(first)
         import warnings
         warnings.warn(f"seqmamba: the Gluon scan backward does not compile with Triton "
@@ -664,11 +666,8 @@ def _backward(P, u, delta, z, dout, ck, dlast, need_dinit, cfg):
         _bwd_combine_kernel[(triton.cdiv(dim * N, BLOCK), batch)](
             lam, lloc, sdt, P.A, dim, n_chunks, N=N, BLOCK=BLOCK, num_warps=4)
     n_dblk = triton.cdiv(dim, BD)
-    from .selective_scan_bwd_triton import _bwd_kernel  # it imports this module's helpers
-    kernel = _gluon_or(_bwd_kernel, "selective_scan_bwd_gluon",
-                       lambda G: G.supported(P.N, P.NP, BD, gsub_B, gsub_C, cfg.bwd_steps,
-                                             cfg.ckpt, P.B_var, P.C_var),
-                       "backward", cfg, dev)
+    from .selective_scan_bwd_triton import _bwd_kernel
+    kernel = _bwd_kernel_for(P, BD, gsub_B, gsub_C, cfg, dev)
     tile = cfg.bwd_steps  # steps per tile; scratch holds the state entering each
     scratch = torch.empty((n_dblk * batch * n_chunks * triton.cdiv(cfg.ckpt, tile) * BD * NP,),
                           **f32)

@@ -12,11 +12,11 @@ variable must be set before triton is imported), at small shapes, through every 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.util
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -266,8 +266,8 @@ def test_gluon_choice_and_fallback(monkeypatch):
     cfg = S.ScanConfig(1, 256, 32, 1, 256)
 
     class Fake:
-        def __init__(self, name, error=None):
-            self.__name__, self.error, self.calls = name, error, []
+        def __init__(self, error=None):
+            self.error, self.calls = error, []
 
         def __getitem__(self, grid):
             def launch(*args, **kwargs):
@@ -276,27 +276,31 @@ def test_gluon_choice_and_fallback(monkeypatch):
                 self.calls.append(args)
             return launch
 
-    fallback = Fake("_bwd_kernel")
-    pick = functools.partial(S._gluon_or, fallback, "selective_scan_bwd_gluon")
+    from seqmamba.kernels.selective_scan_bwd_triton import _bwd_kernel
+    P = types.SimpleNamespace(N=16, NP=16, B_var=True, C_var=True)
+
+    def pick(bd, cfg, device):  # 32-channel blocks are covered, 8-channel ones are not
+        return S._bwd_kernel_for(P, bd, bd, bd, cfg, device)
     if importlib.util.find_spec("triton.experimental.gluon") is not None:
         from seqmamba.kernels import selective_scan_bwd_gluon as G
-        assert pick(lambda G: True, "backward", cfg, cuda) is G._bwd_kernel_gluon
-        assert pick(lambda G: False, "backward", cfg, cuda) is fallback
+        assert pick(32, cfg, cuda) is G._bwd_kernel_gluon
+        assert pick(8, cfg, cuda) is _bwd_kernel
         with pytest.raises(ValueError, match="covers"):
-            pick(lambda G: False, "backward", dataclasses.replace(cfg, gluon=True), cuda)
-    assert pick(lambda G: True, "backward", cfg, cpu) is fallback
-    assert pick(lambda G: True, "backward", dataclasses.replace(cfg, gluon=False), cuda) is fallback
+            pick(8, dataclasses.replace(cfg, gluon=True), cuda)
+    assert pick(32, cfg, cpu) is _bwd_kernel
+    assert pick(32, dataclasses.replace(cfg, gluon=False), cuda) is _bwd_kernel
 
-    broken = Fake("_bwd_kernel_gluon", CompilationError("src", None, "no such layout"))
+    fallback = Fake()
+    broken = Fake(CompilationError("src", None, "no such layout"))
     with pytest.warns(RuntimeWarning, match="does not compile"):
         S._launch_or_fall_back(broken, fallback, cfg, (1,), (7,), {})
     assert fallback.calls == [(7,)] and S._GLUON_FAILED
-    assert pick(lambda G: True, "backward", cfg, cuda) is fallback  # later calls: Triton
+    assert pick(32, cfg, cuda) is _bwd_kernel  # later calls: Triton
     with pytest.raises(CompilationError):  # required Gluon: the error is the user's to see
         S._launch_or_fall_back(broken, fallback, dataclasses.replace(cfg, gluon=True), (1,),
                                (7,), {})
     with pytest.raises(RuntimeError):  # anything but a compile error propagates
-        S._launch_or_fall_back(Fake("g", RuntimeError("launch failed")), fallback, cfg, (1,),
+        S._launch_or_fall_back(Fake(RuntimeError("launch failed")), fallback, cfg, (1,),
                                (7,), {})
 
 
