@@ -194,7 +194,6 @@ def test_chunked_plans(itype, cfg, cuda_gen):
 
 def gluon_config(batch, dim, L, **kw):
     """The plan for a shape with the Gluon backward required (an error where it cannot run)."""
-    import dataclasses
     from seqmamba.kernels.selective_scan_triton import plan_config
     pytest.importorskip("triton.experimental.gluon")
     return dataclasses.replace(plan_config(batch, dim, L, 16, torch.device("cuda"), **kw),
