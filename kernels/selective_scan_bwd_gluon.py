@@ -32,7 +32,8 @@ from triton.experimental.gluon import language as gl
 
 from .gluon_windows import (WIN, _cta_barrier, _flush_out, _get, _put, _stage_in, supports,
                             window, window_rows, window_steps)
-from .selective_scan_bwd_triton import LN2, _bwd_param_grads, _ld_bc, _step_masks
+from .selective_scan_bwd_triton import (LN2, _bc_sum_row, _bwd_param_grads, _ld_bc,
+                                        _step_masks)
 from .selective_scan_triton import _channel_params, _delta, _fwd_step, _load_delta
 
 LANES = 32  # channels a program: one warp, one channel a lane
@@ -250,12 +251,8 @@ def _bwd_kernel_gluon(
         Bd = gl.load(B_ptr + d2 * N + n2, mask=dn2, other=0.0)
     if not C_VAR:
         Cd = gl.load(C_ptr + d2 * N + n2, mask=dn2, other=0.0)
-    if BC_ATOMIC:
-        dB_row = dB_ptr + (b * (dim // cpg_B) + d0 // cpg_B) * L * N
-        dC_row = dC_ptr + (b * (dim // cpg_C) + d0 // cpg_C) * L * N
-    else:
-        dB_row = dB_ptr + (((d0 % cpg_B) // BD * n_b + b) * (dim // cpg_B) + d0 // cpg_B) * L * N
-        dC_row = dC_ptr + (((d0 % cpg_C) // BD * n_b + b) * (dim // cpg_C) + d0 // cpg_C) * L * N
+    dB_row = _bc_sum_row(dB_ptr, b, d0, 0, dim, L, n_b, cpg_B, N, BD, BC_ATOMIC)
+    dC_row = _bc_sum_row(dC_ptr, b, d0, 0, dim, L, n_b, cpg_C, N, BD, BC_ATOMIC)
     ck_row = ck_ptr + b * (n_ck + 1) * dim * N + d2 * N + n2
     # scratch as the Triton kernel lays it out: per tile [BD, NP], a lane's states contiguous.
     # The lane that stores a state is the one that loads it back, so no barrier is needed.

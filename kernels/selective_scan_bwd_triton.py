@@ -71,6 +71,18 @@ def _ld_bc(row2, off, m2, fixed, VAR: tl.constexpr):
 
 
 @triton.jit
+def _bc_sum_row(ptr, b, d0, g, dim, L, n_b, cpg, N: tl.constexpr, BD: tl.constexpr,
+                ATOMIC: tl.constexpr):
+    """Step 0 of the dB or dC row that the channel sums of group d0 // cpg + g (g: the group
+    within the program's block, scalar or tensor) go to: in part (d0 % cpg) // BD of
+    (parts, batch, groups, L, N), or with ATOMIC in the one buffer every program adds into.
+    Shared by the Triton and Gluon backwards, so both follow _backward's buffer layout."""
+    if ATOMIC:
+        return ptr + (b * (dim // cpg) + d0 // cpg + g) * L * N
+    return ptr + (((d0 % cpg) // BD * n_b + b) * (dim // cpg) + d0 // cpg + g) * L * N
+
+
+@triton.jit
 def _bwd_bc_rows(B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, cpg_B, cpg_C,
                  s_Bb, s_Bg, s_Cb, s_Cg, N: tl.constexpr, BD: tl.constexpr, GSUB_B: tl.constexpr,
                  GSUB_C: tl.constexpr, BC_ATOMIC: tl.constexpr, B_VAR: tl.constexpr,
@@ -97,12 +109,8 @@ def _bwd_bc_rows(B_ptr, C_ptr, dB_ptr, dC_ptr, b, d0, d2, n2, dn2, dim, L, n_b, 
         C_row2 = C_ptr + b * s_Cb + (d0 // cpg_C) * s_Cg + n2 + 0 * (d2 - d0)
     gB = tl.arange(0, BD // GSUB_B)[None, :]
     gC = tl.arange(0, BD // GSUB_C)[None, :]
-    if BC_ATOMIC:
-        dB_row = dB_ptr + (b * (dim // cpg_B) + d0 // cpg_B + gB) * L * N + n2
-        dC_row = dC_ptr + (b * (dim // cpg_C) + d0 // cpg_C + gC) * L * N + n2
-    else:
-        dB_row = dB_ptr + (((d0 % cpg_B) // BD * n_b + b) * (dim // cpg_B) + d0 // cpg_B + gB) * L * N + n2
-        dC_row = dC_ptr + (((d0 % cpg_C) // BD * n_b + b) * (dim // cpg_C) + d0 // cpg_C + gC) * L * N + n2
+    dB_row = _bc_sum_row(dB_ptr, b, d0, gB, dim, L, n_b, cpg_B, N, BD, BC_ATOMIC) + n2
+    dC_row = _bc_sum_row(dC_ptr, b, d0, gC, dim, L, n_b, cpg_C, N, BD, BC_ATOMIC) + n2
     gmask_B = d0 + gB * GSUB_B < dim
     gmask_C = d0 + gC * GSUB_C < dim
     Bd, Cd = _fixed_bc(B_ptr, C_ptr, d2, n2, dn2, N, B_VAR, C_VAR)
